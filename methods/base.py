@@ -1,0 +1,108 @@
+"""The ContinualMethod interface (spec design.md "The method interface").
+
+The harness calls, for a run over tasks 1..T:
+
+    method = registry.get(name)(hparams)          # hparams: the method's dataclass, from --set
+    method.attach(model, ctx)                     # once, on the stage-0 base model
+    for t, task in enumerate(tasks):
+        method.begin_task(t, task, train_loader)  # expand / probe / freeze
+        train(method.trainable_parameters(), loss = LM + method.auxiliary_loss())
+        method.end_task(t, task, train_loader)    # fit statistics, evolve, ...
+        evaluate every task (task-agnostic: no task id reaches the model)
+
+``train_loader`` yields model-ready batches (dicts of tensors: input_ids, attention_mask, pixel_values,
+labels, ...) that a method may iterate for probing or for fitting a task locator; a method must not
+keep those batches after ``end_task`` returns (no replay unless its spec says so).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class MethodContext:
+    """What the harness hands a method at attach time (never a task id at test time)."""
+
+    num_tasks: int
+    steps_per_task: int
+    device: torch.device
+    image_token_id: int | None = None  # lets a method build an image-token mask from input_ids
+    run_seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodHParams:
+    """Base class of every method's hyper-parameter dataclass: ``--set key=value`` fills its fields."""
+
+
+class ContinualMethod:
+    """Base class: a method owns the layers it installs and decides which parameters train."""
+
+    name: ClassVar[str] = ""
+    HParams: ClassVar[type[MethodHParams]] = MethodHParams
+    # True for reference points that see all tasks at once (multitask); the protocol then trains one
+    # stage on the union and evaluates once. Every other method sees tasks one at a time.
+    joint_training: ClassVar[bool] = False
+    # True when an ablation gives the model privileged information (oracle task id); recorded.
+    oracle: ClassVar[bool] = False
+
+    def __init__(self, hparams: MethodHParams | None = None):
+        self.hp = hparams if hparams is not None else self.HParams()
+        self.model: nn.Module | None = None
+        self.ctx: MethodContext | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def attach(self, model: nn.Module, ctx: MethodContext) -> None:
+        self.model, self.ctx = model, ctx
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    def begin_task(self, task_index: int, task, train_loader) -> None:
+        pass
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        return None
+
+    def end_task(self, task_index: int, task, train_loader) -> None:
+        pass
+
+    def before_forward(self, batch: dict[str, torch.Tensor]) -> None:
+        """Called with every batch before the model runs (training and evaluation): lets a method see
+        input-level information such as the image-token mask or pick a router (PTL)."""
+
+    # --- reporting -------------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        """total / trained (this task) / activated per token, counting only what the method owns on
+        top of the frozen backbone plus the backbone itself (see bench.metrics.count_parameters)."""
+        from bench.metrics import count_parameters
+
+        return count_parameters(self.model, self)
+
+    def activated_parameters_per_token(self) -> int | None:
+        """Parameters a single text token touches at inference; None = all parameters (dense)."""
+        return None
+
+    def task_report(self) -> dict[str, Any]:
+        """Per-task diagnostics written into the run record (expert utilisation, probe statistics,
+        task-identification confusion, ...)."""
+        return {}
+
+    def hparams_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.hp)
+
+    # --- resume ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume after a task: tensors (safetensors-able) and JSON-able metadata."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
