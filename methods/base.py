@@ -75,21 +75,26 @@ class ContinualMethod:
     def end_task(self, task_index: int, task, train_loader) -> None:
         pass
 
-    def before_forward(self, batch: dict[str, torch.Tensor]) -> None:
-        """Called with every batch before the model runs (training and evaluation): lets a method see
-        input-level information such as the image-token mask or pick a router (PTL)."""
+    def before_forward(self, batch: dict[str, torch.Tensor], phase: str) -> None:
+        """Called with every batch before the model runs. ``phase`` is ``"train"``, ``"prefill"`` (the
+        prompt at evaluation) or ``"decode"`` (one generated token per sample, KV cache in use).
+        Lets a method see input-level information such as the image-token mask or pick a router
+        (PTL) from the prompt; the model itself never receives a task id."""
+
+    def after_optimizer_step(self) -> None:
+        """Called after every optimiser step (e.g. EvoMoE's EMA evolution of experts 2..N)."""
 
     # --- reporting -------------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
-        """total / trained (this task) / activated per token, counting only what the method owns on
-        top of the frozen backbone plus the backbone itself (see bench.metrics.count_parameters)."""
+        """total / trained (this task) / activated per token (see bench.metrics.count_parameters)."""
         from bench.metrics import count_parameters
 
         return count_parameters(self.model, self)
 
-    def activated_parameters_per_token(self) -> int | None:
-        """Parameters a single text token touches at inference; None = all parameters (dense)."""
-        return None
+    def inactive_parameters_per_token(self) -> int:
+        """Parameters the model holds that one text token does not pass through at inference (experts
+        outside its top-k, other tasks' routers); 0 for a dense model."""
+        return 0
 
     def task_report(self) -> dict[str, Any]:
         """Per-task diagnostics written into the run record (expert utilisation, probe statistics,

@@ -1,0 +1,129 @@
+"""Command line: ``python -m bench {run,list,score,export}``.
+
+Every user error (unknown name, bad value, malformed data, unwritable folder) is printed as one
+paragraph on stderr with exit code 2; nothing is written in that case.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# Nothing is ever fetched from a hub: set before transformers/datasets are imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from bench.config import ConfigError
+    from bench.records import RecordError
+    from methods import MethodError
+    from tasks import TaskError
+
+    return ConfigError, MethodError, TaskError, RecordError
+
+
+def _parse_set(pairs: list[str]) -> dict[str, str]:
+    from bench.config import ConfigError
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}.")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.config import build_config
+    from bench.protocol import run
+
+    cfg = build_config(args.preset, method=args.method, tasks=args.tasks, steps_per_task=args.steps_per_task,
+                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, data_seed=args.data_seed,
+                       task_order_seed=args.task_order_seed, data_root=args.data_root,
+                       instructions=args.instructions, limit_train=args.limit_train, limit_test=args.limit_test,
+                       model=args.model, method_set=_parse_set(args.set), out=args.out,
+                       mixed_precision=args.mixed_precision, grad_accum=args.grad_accum)
+    path = run(cfg)
+    print(f"record: {path}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import methods
+    import tasks
+    from bench.config import PRESETS
+
+    print("methods:")
+    for name in methods.names():
+        cls = methods.get(name)
+        hp = ", ".join(f"{f.name}={getattr(cls.HParams(), f.name)!r}" for f in dataclasses.fields(cls.HParams))
+        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"  {name:18s} {doc}\n  {'':18s} hparams: {hp or '-'}")
+    print("tasks:")
+    for name in tasks.names():
+        t = tasks.get(name)
+        print(f"  {name:18s} CoIN folder {t.coin_dir}/ ({t.test_file}); suffix: {t.instruction.splitlines()[-1]!r}")
+    print("suites:")
+    for name, members in tasks.SUITES.items():
+        print(f"  {name:18s} {', '.join(members)}")
+    print(f"presets: {', '.join(PRESETS)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description="continual-moe-bench: continual MoE methods on CoIN")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="train one method through a task sequence and write a run record")
+    r.add_argument("--method", default="seq-ft")
+    r.add_argument("--tasks", default="coin", help="a suite name or comma-separated task names")
+    r.add_argument("--preset", default="tiny")
+    r.add_argument("--steps-per-task", type=int)
+    r.add_argument("--batch-size", type=int)
+    r.add_argument("--grad-accum", type=int)
+    r.add_argument("--lr", type=float)
+    r.add_argument("--seed", type=int)
+    r.add_argument("--data-seed", type=int)
+    r.add_argument("--task-order-seed", type=int)
+    r.add_argument("--data-root")
+    r.add_argument("--instructions", choices=["Original", "Diverse", "10Type"])
+    r.add_argument("--limit-train", type=int)
+    r.add_argument("--limit-test", type=int)
+    r.add_argument("--model", help="a local llava-hf checkpoint folder (default: the tiny preset backbone)")
+    r.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"])
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method hyper-parameter")
+    r.add_argument("--out", default="results", help="results folder (records go to OUT/runs/)")
+    r.set_defaults(func=cmd_run)
+
+    ls = sub.add_parser("list", help="list methods, tasks, suites and presets")
+    ls.set_defaults(func=cmd_list)
+
+    sc = sub.add_parser("score", help="score a CoIN prediction JSONL as the official scripts do", add_help=False)
+    sc.set_defaults(func=lambda a: __import__("tasks.score_cli", fromlist=["main"]).main(a.rest))
+    ex = sub.add_parser("export", help="write coin-mini in the real CoIN file layout", add_help=False)
+    ex.set_defaults(func=lambda a: __import__("tasks.export", fromlist=["main"]).main(a.rest))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # score/export own their flags: hand everything after the sub-command to them unparsed.
+    if argv and argv[0] in ("score", "export"):
+        args = argparse.Namespace(rest=argv[1:], func=parser.parse_args(argv[:1]).func)
+    else:
+        args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The backbone: a `transformers.LlavaForConditionalGeneration`, tiny (built offline from configs) or a
+local llava-hf checkpoint, plus everything that turns task records into model inputs.
+
+Both paths end in the same :class:`Backbone` object, so the trainer, the methods and evaluation never
+know which one they run on. Prompts follow LLaVA-1.5's ``vicuna_v1`` turn format (coin.md Part B 1):
+``USER: <image>\\n{prompt} ASSISTANT: {answer}</s>`` (the image line is omitted for text-only records).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from bench.config import BackboneSpec, stable_hash
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+IMAGE_TOKEN = "<image>"
+# CLIP's normalisation constants, as every LLaVA image processor uses them.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class Backbone:
+    model: Any  # LlavaForConditionalGeneration
+    tokenizer: Any  # PreTrainedTokenizerFast
+    image_processor: Any  # CLIPImageProcessor (or the checkpoint's own)
+    num_image_tokens: int
+    description: dict[str, Any]
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def config_hash(self) -> str:
+        return self.description["config_hash"]
+
+    # --- text ----------------------------------------------------------------------------------------
+    def prompt_ids(self, prompts: Sequence[str], has_image: Sequence[bool]) -> list[list[int]]:
+        """Token ids of ``USER: [<image> x N]\\n{prompt} ASSISTANT:``, the image placeholder expanded
+        to the number of image features the vision tower yields (what LlavaProcessor does)."""
+        tok = self.tokenizer
+        head = [tok.bos_token_id] + tok("USER:", add_special_tokens=False)["input_ids"]
+        bodies = tok([(("\n" if img else " ") + p + " ASSISTANT:") for p, img in zip(prompts, has_image)],
+                     add_special_tokens=False)["input_ids"]
+        image_block = [self.image_token_id] * self.num_image_tokens
+        return [head + (image_block if img else []) + body for body, img in zip(bodies, has_image)]
+
+    def answer_ids(self, answers: Sequence[str]) -> list[list[int]]:
+        ids = self.tokenizer([" " + a for a in answers], add_special_tokens=False)["input_ids"]
+        return [a + [self.eos_id] for a in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+    # --- images --------------------------------------------------------------------------------------
+    def pixel_values(self, images: list) -> torch.Tensor:
+        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+# --------------------------------------------------------------------------------------------------
+# tiny backbone
+# --------------------------------------------------------------------------------------------------
+def tiny_configs(spec: BackboneSpec, tokenizer) -> Any:
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(hidden_size=spec.vision_hidden, intermediate_size=4 * spec.vision_hidden,
+                              num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
+                              image_size=spec.image_size, patch_size=spec.patch_size, projection_dim=spec.text_hidden)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=spec.text_hidden,
+                       intermediate_size=spec.text_intermediate, num_hidden_layers=spec.text_layers,
+                       num_attention_heads=spec.text_heads, num_key_value_heads=spec.text_heads,
+                       max_position_embeddings=spec.max_positions, tie_word_embeddings=False,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+    # vision_feature_layer=-1 because a 2-layer tower has no useful penultimate layer; "default" drops CLS.
+    return LlavaConfig(vision_config=vision, text_config=text,
+                       image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                       vision_feature_layer=-1, vision_feature_select_strategy="default",
+                       projector_hidden_act="gelu", image_seq_length=(spec.image_size // spec.patch_size) ** 2)
+
+
+def tiny_image_processor(spec: BackboneSpec):
+    try:  # transformers >= 5: the Pillow backend, no torchvision needed
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": spec.image_size},
+                              crop_size={"height": spec.image_size, "width": spec.image_size},
+                              image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained with `tokenizers` on the suite's own text (offline)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", extra_special_tokens={"image_token": IMAGE_TOKEN},
+                                   padding_side="left")
+
+
+def load_or_train_tokenizer(spec: BackboneSpec, corpus_fn, corpus_key: dict, cache_dir: Path):
+    from transformers import PreTrainedTokenizerFast
+
+    path = cache_dir / "tokenizers" / stable_hash({"vocab": spec.vocab_size, **corpus_key})
+    if (path / "tokenizer.json").exists():
+        return PreTrainedTokenizerFast.from_pretrained(str(path)), path
+    tok = train_tokenizer(corpus_fn(), spec.vocab_size)
+    tmp = path.with_name(path.name + ".tmp")
+    tok.save_pretrained(str(tmp))
+    tmp.replace(path) if not path.exists() else None
+    return PreTrainedTokenizerFast.from_pretrained(str(path)), path
+
+
+def build_tiny(spec: BackboneSpec, tokenizer, seed: int):
+    from transformers import LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = tiny_configs(spec, tokenizer)
+    model = LlavaForConditionalGeneration(config)
+    return model, config
+
+
+def describe(spec: BackboneSpec, config, tokenizer_hash: str) -> dict[str, Any]:
+    cfg = config.to_dict()
+    return {"kind": "local" if spec.model_path else "tiny", "spec": spec.as_dict(),
+            "config_hash": stable_hash({"config": cfg, "tokenizer": tokenizer_hash}),
+            "tokenizer_hash": tokenizer_hash}
+
+
+def load_local(spec: BackboneSpec) -> Backbone:
+    """A local llava-hf checkpoint with its own processor; same Backbone interface as the tiny one."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    path = Path(spec.model_path)
+    processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+    model = LlavaForConditionalGeneration.from_pretrained(str(path), local_files_only=True, torch_dtype="auto")
+    tok = processor.tokenizer
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.unk_token or tok.eos_token
+    tok.padding_side = "left"
+    vc = model.config.vision_config
+    n = (vc.image_size // vc.patch_size) ** 2 + (1 if model.config.vision_feature_select_strategy == "full" else 0)
+    files = sorted(p.name for p in path.iterdir())
+    desc = {"kind": "local", "spec": spec.as_dict(), "path": str(path),
+            "config_hash": stable_hash({"config": model.config.to_dict(), "files": files}),
+            "tokenizer_hash": stable_hash(json.loads(tok.backend_tokenizer.to_str()) if hasattr(tok, "backend_tokenizer") else tok.name_or_path)}
+    return Backbone(model=model, tokenizer=tok, image_processor=processor.image_processor, num_image_tokens=n,
+                    description=desc)

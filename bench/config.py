@@ -1,0 +1,164 @@
+"""Run configuration: one dataclass, a few named presets, CLI / YAML overrides.
+
+A preset fixes the backbone and the default budget; CLI flags override single fields. The resolved
+config is written verbatim into the run record, so two records with equal configs are comparable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad user-supplied setting; the CLI prints it as one paragraph and exits 2."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """The tiny LLaVA (CLIP vision tower + Llama decoder) built from configs, or a local checkpoint."""
+
+    model_path: str | None = None  # a local llava-hf checkpoint; None builds the tiny model
+    vision_hidden: int = 128
+    vision_layers: int = 2
+    vision_heads: int = 4
+    image_size: int = 64
+    patch_size: int = 8
+    text_hidden: int = 128
+    text_intermediate: int = 344
+    text_layers: int = 4
+    text_heads: int = 4
+    vocab_size: int = 2048
+    max_positions: int = 256
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Stage0Spec:
+    """Stage 0: dense caption-style pretraining of the tiny backbone (not one of the eight tasks)."""
+
+    steps: int = 900
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup_ratio: float = 0.05
+    num_records: int = 8000
+    data_seed: int = 1234
+
+
+@dataclass
+class RunConfig:
+    method: str = "seq-ft"
+    tasks: str = "coin"
+    preset: str = "tiny"
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    stage0: Stage0Spec = field(default_factory=Stage0Spec)
+    # budget
+    steps_per_task: int = 150
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    train_projector: bool = False
+    # evaluation
+    eval_batch_size: int = 64
+    max_new_tokens: int = 24
+    scoring_mode: str = "official"
+    # seeds
+    seed: int = 0
+    data_seed: int = 0
+    task_order_seed: int | None = None
+    # data
+    data_root: str | None = None
+    instructions: str = "Original"
+    limit_train: int | None = None
+    limit_test: int | None = None
+    mini_train: int = 2000
+    mini_test: int = 200
+    # method hyper-parameters (--set key=value), validated against the method's dataclass
+    method_set: dict[str, str] = field(default_factory=dict)
+    # where things go
+    out: str = "results"
+    cache_dir: str = field(default_factory=lambda: default_cache_dir())
+
+    def validate(self) -> None:
+        positive = {"steps_per_task": self.steps_per_task, "batch_size": self.batch_size,
+                    "grad_accum": self.grad_accum, "eval_batch_size": self.eval_batch_size,
+                    "max_new_tokens": self.max_new_tokens, "mini_train": self.mini_train, "mini_test": self.mini_test}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+        for name in ("limit_train", "limit_test"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+        if not (0 < self.lr < 1):
+            raise ConfigError(f"--lr must be in (0, 1), got {self.lr}.")
+        if not (0 <= self.warmup_ratio < 1):
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ConfigError(f"--mixed-precision must be one of auto, no, bf16, fp16; got {self.mixed_precision!r}.")
+        if self.scoring_mode not in ("official", "clean"):
+            raise ConfigError(f"--scoring-mode must be official or clean, got {self.scoring_mode!r}.")
+        if self.instructions not in ("Original", "Diverse", "10Type"):
+            raise ConfigError(f"--instructions must be Original, Diverse or 10Type, got {self.instructions!r}.")
+        if self.data_root is not None and not Path(self.data_root).is_dir():
+            raise ConfigError(f"--data-root {self.data_root!r} is not a directory. Give the folder that holds "
+                              "Instructions_<Variant>/ and cl_dataset/ (the CoIN layout), or omit it to use coin-mini.")
+        if self.backbone.model_path is not None and not Path(self.backbone.model_path).is_dir():
+            raise ConfigError(f"--model {self.backbone.model_path!r} is not a directory holding a local llava-hf "
+                              "checkpoint (config.json, weights, processor files). Nothing is downloaded here.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("cache_dir")  # machine-local, not part of what a run means
+        d.pop("out")
+        return d
+
+    def data_spec(self):
+        from tasks import DataSpec
+
+        return DataSpec(data_root=self.data_root, instructions=self.instructions, limit_train=self.limit_train,
+                        limit_test=self.limit_test, data_seed=self.data_seed, mini_train=self.mini_train,
+                        mini_test=self.mini_test, image_size=self.backbone.image_size,
+                        cache_dir=str(Path(self.cache_dir) / "coin-mini"))
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("CMB_CACHE", str(Path.home() / ".cache" / "continual-moe-bench"))
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+# Presets: the backbone plus the default budget for it. "tiny" is the CPU default (coin-mini, 2 cores);
+# "smoke" is the CI regression preset; "llava-1.5-7b" is the GPU path with a local checkpoint.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "smoke": {"steps_per_task": 20, "mini_train": 200, "mini_test": 40, "stage0": Stage0Spec(steps=150, num_records=1500)},
+    "llava-1.5-7b": {"steps_per_task": 1000, "batch_size": 16, "lr": 2e-4, "mixed_precision": "bf16",
+                     "eval_batch_size": 32, "max_new_tokens": 64},
+}
+
+
+def build_config(preset: str = "tiny", **overrides: Any) -> RunConfig:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}.")
+    values: dict[str, Any] = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    model_path = values.pop("model", None)
+    cfg = RunConfig(preset=preset, **values)
+    if model_path is not None:
+        cfg.backbone = dataclasses.replace(cfg.backbone, model_path=str(model_path))
+    elif preset == "llava-1.5-7b":
+        raise ConfigError("preset llava-1.5-7b needs --model PATH pointing at a local llava-hf checkpoint.")
+    cfg.validate()
+    return cfg

@@ -1,0 +1,62 @@
+"""LoRA on `nn.Linear` layers of the decoder (CoIN's recipe: every LLM linear, alpha/r scaling).
+
+``y = W x + (alpha / r) * B A dropout(x)`` with ``A ~ N(0, 0.01)`` (CoIN's MoELoRA init) and
+``B = 0`` so an attached adapter starts as the identity change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.base = base
+        self.rank, self.scale = rank, alpha / rank
+        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features, dtype=base.weight.dtype,
+                                               device=base.weight.device) * 0.01)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype,
+                                               device=base.weight.device))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    @property
+    def weight(self) -> torch.Tensor:  # lets code that inspects `.weight` (e.g. dtype checks) keep working
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scale
+
+
+@dataclass
+class LoRASpec:
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = DECODER_LINEARS
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The Llama decoder layers of a LlavaForConditionalGeneration (transformers >= 4.52 layout)."""
+    inner = model.model if hasattr(model, "model") else model
+    lm = inner.language_model if hasattr(inner, "language_model") else inner
+    return lm.layers
+
+
+def inject_lora(model: nn.Module, spec: LoRASpec) -> list[LoRALinear]:
+    """Wrap every target linear of every decoder layer; returns the adapters (in a stable order)."""
+    adapters: list[LoRALinear] = []
+    for layer in decoder_layers(model):
+        for parent in layer.modules():
+            for name, child in list(parent.named_children()):
+                if name in spec.targets and isinstance(child, nn.Linear):
+                    adapter = LoRALinear(child, spec.rank, spec.alpha, spec.dropout)
+                    setattr(parent, name, adapter)
+                    adapters.append(adapter)
+    if not adapters:
+        raise ValueError(f"no decoder linear named any of {spec.targets} found")
+    return adapters

@@ -1,0 +1,151 @@
+"""The one training loop and the one evaluator every method shares.
+
+``train_steps`` runs a fixed number of optimiser steps through `accelerate` (device, mixed precision,
+gradient accumulation, data parallelism), on exactly the parameters it is given, with
+``loss = LM loss on answer tokens + method.auxiliary_loss()``. ``generate`` is batched greedy decoding
+with a KV cache that stops a sample at its end-of-answer token.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "labels")
+
+
+@dataclass
+class TrainStats:
+    steps: int
+    seconds: float
+    trained_parameters: int
+    loss_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since last log)
+
+    @property
+    def final_loss(self) -> float:
+        return self.loss_curve[-1][1] if self.loss_curve else float("nan")
+
+
+def _cycle(loader) -> Iterator[dict[str, torch.Tensor]]:
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def cosine_with_warmup(optimizer, warmup: int, total: int):
+    """Linear warm-up to the peak lr, then cosine decay to 0 (CoIN's recipe, warm-up ratio 0.03)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_steps(model: nn.Module, params: Iterable[nn.Parameter], loader, steps: int, *, accelerator, lr: float,
+                warmup_ratio: float = 0.03, weight_decay: float = 0.0, max_grad_norm: float = 1.0,
+                aux_loss: Callable[[], torch.Tensor | None] = lambda: None,
+                before_forward: Callable[[dict, str], None] = lambda b, p: None,
+                after_step: Callable[[], None] = lambda: None,
+                desc: str = "train", log_every: int = 25) -> TrainStats:
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise RuntimeError(f"{desc}: the method exposes no trainable parameters")
+    n_trained = sum(p.numel() for p in params)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
+    scheduler = cosine_with_warmup(optimizer, int(round(warmup_ratio * steps)), steps)
+    # The model is wrapped (DDP) only when there is more than one process: methods change the
+    # module tree between tasks, so wrapping happens per task and the raw module stays the owner.
+    wrapped = accelerator.prepare_model(model) if accelerator.num_processes > 1 else model
+    optimizer, scheduler, loader = accelerator.prepare(optimizer, scheduler, loader)
+    model.train()
+    batches = _cycle(loader)
+    running = torch.zeros((), device=accelerator.device)
+    curve: list[tuple[int, float]] = []
+    since = 0
+    start = time.perf_counter()
+    accum = accelerator.gradient_accumulation_steps
+    bar = tqdm(total=steps, desc=desc, disable=not accelerator.is_local_main_process, leave=False, mininterval=1.0)
+    for step in range(steps):
+        for _ in range(accum):
+            batch = next(batches)
+            with accelerator.accumulate(wrapped), accelerator.autocast():
+                before_forward(batch, "train")
+                out = wrapped(**{k: batch[k] for k in MODEL_KEYS if k in batch})
+                loss = out.loss
+                aux = aux_loss()
+                if aux is not None:
+                    loss = loss + aux
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and max_grad_norm:
+                    accelerator.clip_grad_norm_(params, max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += out.loss.detach()
+            since += 1
+        after_step()
+        # Synchronise with the device only at the logging interval, never per step.
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            curve.append((step + 1, float(running.item()) / since))
+            running.zero_()
+            since = 0
+            bar.set_postfix(loss=f"{curve[-1][1]:.3f}")
+        bar.update(1)
+    bar.close()
+    accelerator.wait_for_everyone()
+    model.eval()
+    return TrainStats(steps=steps, seconds=time.perf_counter() - start, trained_parameters=n_trained, loss_curve=curve)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, loader, *, eos_id: int, max_new_tokens: int, accelerator,
+             before_forward: Callable[[dict, str], None] = lambda b, p: None) -> dict[int, list[int]]:
+    """Batched greedy decoding with a KV cache. Returns generated token ids (without eos) per record
+    index. Prompts are left-padded, so positions come from the attention mask, and every sample
+    appends its next token in the same column; a sample that emitted eos is frozen (its later tokens
+    are ignored) and the batch stops when all samples are done."""
+    model.eval()
+    device = accelerator.device
+    results: dict[int, list[int]] = {}
+    for batch in loader:
+        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        mask = batch["attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        before_forward(batch, "prefill")
+        with accelerator.autocast():
+            out = model(input_ids=batch["input_ids"], attention_mask=mask, pixel_values=batch.get("pixel_values"),
+                        position_ids=positions, use_cache=True, logits_to_keep=1)
+        past = out.past_key_values
+        token = out.logits[:, -1].argmax(-1)
+        done = token == eos_id
+        generated = [token]
+        last_pos = positions[:, -1:]
+        for _ in range(max_new_tokens - 1):
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            last_pos = last_pos + 1
+            step_batch = {"input_ids": token[:, None], "attention_mask": mask}
+            before_forward(step_batch, "decode")
+            with accelerator.autocast():
+                out = model(input_ids=token[:, None], attention_mask=mask, position_ids=last_pos,
+                            past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            token = out.logits[:, -1].argmax(-1)
+            generated.append(token)
+            done = done | (token == eos_id)
+        seqs = torch.stack(generated, dim=1).tolist()
+        for idx, seq in zip(batch["index"].tolist(), seqs):
+            results[idx] = seq[: seq.index(eos_id)] if eos_id in seq else seq
+    return results

@@ -1,0 +1,34 @@
+"""``seq-ft``: CoIN's lower bound. One LoRA adapter on every decoder linear, carried from task to task
+with no mechanism against forgetting (spec methods.md Part A table; Part B section 4 "Sequential LoRA")."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.lora import LoRASpec, inject_lora
+from methods import register
+from methods.base import ContinualMethod, MethodHParams
+
+
+@dataclass
+class LoRAHParams(MethodHParams):
+    rank: int = 16  # CoIN uses r=128 on a 7B model; 16 on the d=128 tiny decoder (a knob)
+    alpha: float = 32.0  # CoIN's alpha = 2r
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@register("seq-ft")
+class SequentialFineTuning(ContinualMethod):
+    HParams = LoRAHParams
+
+    def attach(self, model, ctx) -> None:
+        super().attach(model, ctx)
+        self.adapters = inject_lora(model, LoRASpec(rank=self.hp.rank, alpha=self.hp.alpha, dropout=self.hp.dropout))
+        for a in self.adapters:
+            a.lora_A.requires_grad_(True)
+            a.lora_B.requires_grad_(True)
