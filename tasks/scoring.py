@@ -20,32 +20,30 @@ With every prediction present both conventions give the same number.
 Each reference is ``{"question_id": str, "answer": str, **refs}``. The refs keys each scorer reads
 (the coin reader in :mod:`tasks.coin` and the coin-mini generator fill them):
 
-=========  =================  ===================  =====================================================
-task       key                type                 meaning
-=========  =================  ===================  =====================================================
-scienceqa  ``answer``         str                  the option letter, ``"A"`` .. ``"E"``
-scienceqa  ``num_options``    int, optional        number of choices; a letter past it is invalid (it
-                                                   never changes the official result, it validates)
-scienceqa  ``has_image``      bool, optional       adds ``extras["img_accuracy"]`` (the IMG subset)
-textvqa    ``answers``        list[str] of 10      the ten human answers (``TextVQA_0.5.1_val.json``);
-                                                   when absent, ``[answer] * 10`` is used and counted
-                                                   in ``extras["single_answer_fallback"]``
-imagenet   --                 --                   only ``answer`` (the class name)
-gqa        ``official_answer`` str, optional       the answer in ``testdev_balanced_questions.json``
-                                                   (what ``eval_gqa.py`` compares with); else ``answer``
-gqa        ``is_balanced``    bool, optional       default True; only balanced questions are scored
-gqa        ``types``          dict, optional       ``{"structural": str, "semantic": str}`` for the
-                                                   per-type breakdown in ``extras``
-vizwiz     ``answers``        list[str], optional  clean mode only: 10 answers -> VQA soft accuracy
-grounding  ``answer``         str                  the box string ``"[x1, y1, x2, y2]"`` (normalised)
-grounding  ``size``           [w, h] numbers       image size; official mode scales both boxes by max
-vqav2      ``answers``        list[str], optional  clean mode only: 10 answers -> VQA soft accuracy
-ocrvqa     --                 --                   only ``answer``
-=========  =================  ===================  =====================================================
+- ``scienceqa``: ``answer`` (str, the option letter "A".."E"); ``num_options`` (int, optional: the
+  number of choices, a parsed letter past it is invalid; it never changes the official result, it
+  validates the answer); ``has_image`` (bool, optional: adds ``extras["img_accuracy"]``, the IMG subset).
+- ``textvqa``: ``answers`` (list of 10 str, the human answers of ``TextVQA_0.5.1_val.json``). When
+  absent, ``[answer] * 10`` is used (a normalised exact match) and counted in
+  ``extras["single_answer_fallback"]``.
+- ``imagenet``: only ``answer`` (the class name).
+- ``gqa``: ``official_answer`` (str, optional: the answer in ``testdev_balanced_questions.json``, which
+  is what ``eval_gqa.py`` compares with; default ``answer``); ``is_balanced`` (bool, optional, default
+  True: only balanced questions are scored); ``types`` (dict, optional: ``{"structural": str,
+  "semantic": str}``, other keys ignored, for the breakdowns in ``extras``).
+- ``vizwiz`` / ``vqav2``: ``answer``; ``answers`` (list of 10 str, optional, clean mode only: VQA soft
+  accuracy instead of normalised exact match).
+- ``grounding``: ``answer`` (str, the box ``"[x1, y1, x2, y2]"`` normalised to [0, 1]); ``size``
+  ([w, h] positive numbers; official mode scales both boxes by max(w, h)).
+- ``ocrvqa``: only ``answer``.
 
 Output: :class:`tasks.base.ScoreResult` with ``accuracy`` in percent, computed with the same float
 expression as the official script, ``per_sample`` in [0, 1] aligned with the references and
-``extras`` (always ``missing``; GQA breakdowns; ScienceQA IMG accuracy).
+``extras`` (always ``missing``; GQA breakdowns; ScienceQA IMG accuracy). ``n`` is the denominator:
+the number of references, except GQA where it is the number of balanced questions.
+
+Source note: ``m4c_evaluator.py`` is not in the stored copy of ``zackschen/CoIN``; the file at the same
+path in ``bjzhb666/MLLM-CL`` (built on CoIN's ``ETrain``; the MMF/EvalAI processor) was the reference.
 """
 from __future__ import annotations
 
@@ -560,4 +558,7 @@ def score(task: str, predictions: list[str | None], references: list[dict], mode
     for i, pred in enumerate(predictions):
         if pred is not None and not isinstance(pred, str):
             raise TaskError(f"{task}: prediction {i} must be a string or None, got {type(pred).__name__}")
+    for i, ref in enumerate(references):
+        if not isinstance(ref, dict):
+            raise TaskError(f"{task}: reference {i} must be a dict, got {type(ref).__name__}")
     return SCORERS[task](predictions, references, mode)
