@@ -28,7 +28,16 @@ log = logging.getLogger(__name__)
 def _pretrain_split(cfg: RunConfig):
     from tasks.synthetic.captions import pretrain_records
 
-    return pretrain_records(cfg.stage0.num_records, cfg.stage0.data_seed, cfg.backbone.image_size)
+    return pretrain_records(cfg.stage0.num_records, cfg.stage0.data_seed, cfg.backbone.image_size,
+                            cache_dir=cfg.data_spec().cache_dir)
+
+
+def _tokenizer_tasks(cfg: RunConfig, task_list) -> list:
+    """coin-mini: always all eight tasks, so one tokenizer and one stage 0 serve every task subset and
+    order; real CoIN files: the tasks the run reads (others may be absent from the data root)."""
+    import tasks
+
+    return list(task_list) if cfg.data_root else tasks.suite("coin")
 
 
 def _tokenizer_corpus(cfg: RunConfig, task_list):
@@ -54,6 +63,7 @@ def load_base(cfg: RunConfig, task_list, accelerator) -> tuple[Backbone, dict]:
         backbone = load_local(cfg.backbone)
         return backbone, {"cached": True, "seconds": 0.0, "source": "checkpoint"}
     cache = Path(cfg.cache_dir)
+    task_list = _tokenizer_tasks(cfg, task_list)
     data_key = {"source": cfg.data_spec().source, "data_root": cfg.data_root, "data_seed": cfg.data_seed,
                 "mini_train": cfg.mini_train, "instructions": cfg.instructions, "tasks": [t.name for t in task_list],
                 "stage0_data": [cfg.stage0.num_records, cfg.stage0.data_seed, cfg.backbone.image_size]}

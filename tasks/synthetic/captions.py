@@ -1,0 +1,109 @@
+"""The caption pre-training mix (task "pretrain"; not one of the eight CoIN tasks).
+
+The harness trains the shared dense base model on these records before the continual stream, the way
+LLaVA's projector is pre-trained on captions before instruction tuning. The captions name everything the
+eight tasks later ask about: colours, shapes, sizes, grid positions, counts (as words and digits), drawn
+words, book covers and degraded photos. They never use a task's question or answer format, so the base
+model knows the vocabulary but none of the tasks (its row 0 of the accuracy matrix stays low).
+"""
+from __future__ import annotations
+
+import random
+
+from tasks.base import TaskSplit
+from tasks.synthetic.draw import Rect, Scene, Shape, Text, rgb
+from tasks.synthetic.layout import Obj, Sample, background, random_objects, scene_of, weighted
+from tasks.synthetic.ocrvqa import cover
+from tasks.synthetic.vocab import (AUTHORS, COLOURS, GENRES, NUMBER_WORDS, PLURAL, SHAPES, TEXT_COLOURS, WHITE, WORDS,
+                                   article)
+
+INSTRUCTIONS = ("Describe the image briefly.", "Write a short caption for the image.")
+# Where each grid cell is, as a caption phrase.
+PLACE: tuple[str, ...] = ("at the top left", "at the top", "at the top right", "on the left", "in the center",
+                          "on the right", "at the bottom left", "at the bottom", "at the bottom right")
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _describe(o: Obj) -> str:
+    return f"{article(o.size)} {o.size} {o.colour} {o.shape} {PLACE[o.pos]}"
+
+
+def _objects(rng: random.Random) -> tuple[str, Scene]:
+    objs = sorted(random_objects(rng, rng.randint(1, 4)), key=lambda o: o.pos)  # reading order
+    return _join([_describe(o) for o in objs]), scene_of(objs, rng)
+
+
+def _count(rng: random.Random) -> tuple[str, Scene]:
+    n, colour, shape = rng.randint(2, 5), rng.choice(COLOURS), rng.choice(SHAPES)
+    cells = rng.sample(range(9), 9)
+    objs = [Obj(shape, colour, cells.pop(), "small") for _ in range(n)]
+    number = NUMBER_WORDS[n] if rng.random() < 0.5 else str(n)  # digits too: VQAv2 answers "3"
+    parts = [f"{number} {colour} {PLURAL[shape]}"]
+    if rng.random() < 0.5:
+        other = Obj(rng.choice([s for s in SHAPES if s != shape]), rng.choice(COLOURS), cells.pop(), "small")
+        objs.append(other)
+        parts.append(f"one {other.colour} {other.shape}")
+    return _join(parts), scene_of(objs, rng)
+
+
+def _single(rng: random.Random) -> tuple[str, Scene]:
+    colour, shape, half = rng.choice(COLOURS), rng.choice(SHAPES), rng.uniform(0.22, 0.36)
+    cx, cy = (rng.uniform(half + 0.02, 0.98 - half) for _ in range(2))
+    return f"a big {colour} {shape}", Scene(background(rng), (Shape(shape, rgb(colour), (cx - half, cy - half, cx + half, cy + half)),))
+
+
+def _text(rng: random.Random) -> tuple[str, Scene]:
+    if rng.random() < 0.6:
+        word, colour, y = rng.choice(WORDS), rng.choice(TEXT_COLOURS), rng.choice((1 / 6, 0.5, 5 / 6))
+        items: list = []
+        caption = f'the word "{word}" in {colour}'
+        if rng.random() < 0.35:
+            items.append(Rect(WHITE, (0.08, y - 0.16, 0.92, y + 0.16)))
+            caption = f'a white sign with the word "{word}" in {colour}'
+        items.append(Text(word, rgb(colour), (0.5, y), 0.25))
+        return caption, Scene(background(rng), tuple(items))
+    (w1, w2), (c1, c2) = rng.sample(WORDS, 2), rng.sample(TEXT_COLOURS, 2)
+    items = (Text(w1, rgb(c1), (0.5, 0.25), 0.25), Text(w2, rgb(c2), (0.5, 0.75), 0.25))
+    return f'the word "{w1}" in {c1} above the word "{w2}" in {c2}', Scene(background(rng), items)
+
+
+def _book(rng: random.Random) -> tuple[str, Scene]:
+    title, author, genre = rng.choice(WORDS).capitalize(), rng.choice(AUTHORS), rng.choice(list(GENRES))
+    colour, emblem = GENRES[genre]
+    # The genre itself is not named: mapping cover style to genre is what the ocrvqa task has to learn.
+    caption = f'{article(colour)} {colour} book cover with {article(emblem)} {emblem}, the title "{title}" and the author "{author}"'
+    return caption, cover(rng, title, author, genre)
+
+
+def _degraded(rng: random.Random) -> tuple[str, Scene]:
+    colour, shape = rng.choice(COLOURS), rng.choice(SHAPES)
+    half = rng.uniform(0.2, 0.3)
+    item = Shape(shape, rgb(colour), (0.5 - half, 0.5 - half, 0.5 + half, 0.5 + half))
+    kind = rng.choice(("blurry", "dark", "very blurry", "very dark", "empty"))
+    if kind == "empty":
+        return "a noisy photo of an empty background", Scene(background(rng), (), noise=6.0, noise_seed=rng.getrandbits(32))
+    effects = {"blurry": {"blur": 0.012}, "dark": {"brightness": 0.55}, "very blurry": {"blur": 0.15},
+               "very dark": {"brightness": 0.05}}[kind]
+    subject = f"{article(colour)} {colour} {shape}" if not kind.startswith("very") else "something"
+    return f"{article(kind)} {kind} photo of {subject}", Scene(background(rng), (item,), **effects)
+
+
+_KINDS = {"objects": (_objects, 0.45), "count": (_count, 0.15), "single": (_single, 0.1), "text": (_text, 0.15),
+          "book": (_book, 0.08), "degraded": (_degraded, 0.07)}
+
+
+def generate(rng: random.Random, size: int) -> Sample:
+    """One caption record; ``question`` is the whole (single-line) prompt."""
+    make = _KINDS[weighted(rng, {k: w for k, (_, w) in _KINDS.items()})][0]
+    caption, scene = make(rng)
+    return Sample(rng.choice(INSTRUCTIONS), caption, scene)
+
+
+def pretrain_records(n: int, seed: int, image_size: int, cache_dir: str | None = None) -> TaskSplit:
+    """``n`` caption records (task "pretrain", split "train"), rendered once and cached like the tasks."""
+    from tasks.synthetic import build_split
+
+    return build_split("pretrain", "train", generate, lambda question: question, n, seed, image_size, cache_dir)

@@ -1,0 +1,31 @@
+"""Shared fixtures. Everything runs offline on the tiny preset; the coin-mini render cache, the
+tokenizer and the stage-0 weights are shared by every test of a session (one temporary cache)."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cmb-cache"))
+
+
+@pytest.fixture
+def tiny_config(session_cache, tmp_path):
+    """A factory of very small run configs: two short tasks, a few steps, a tiny stage 0."""
+    from bench.config import Stage0Spec, build_config
+
+    def make(**overrides):
+        values = dict(method="seq-ft", tasks="vqav2,imagenet", steps_per_task=6, batch_size=8, mini_train=48,
+                      mini_test=16, eval_batch_size=16, max_new_tokens=8, out=str(tmp_path / "results"),
+                      cache_dir=session_cache, stage0=Stage0Spec(steps=8, num_records=160, batch_size=8))
+        values.update(overrides)
+        return build_config("tiny", **values)
+
+    return make
