@@ -45,7 +45,7 @@ class Stage0Spec:
 
     steps: int = 900
     batch_size: int = 16
-    lr: float = 2e-3
+    lr: float = 1e-3  # 2e-3 plateaus at caption loss 0.78, 1e-3 reaches 0.49 in the same 900 steps
     warmup_ratio: float = 0.05
     num_records: int = 8000
     data_seed: int = 1234
@@ -62,7 +62,7 @@ class RunConfig:
     steps_per_task: int = 150
     batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 1e-3
+    lr: float = 3e-3  # LoRA on the tiny decoder: 1e-3 barely moves GQA/TextVQA in 150 steps, 1e-2 diverges
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16

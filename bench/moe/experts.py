@@ -5,7 +5,8 @@ Two kinds of expert, both kept one module per expert so that
 * an expert can be frozen on its own (``requires_grad=False`` on its tensors only),
 * experts can be appended without replacing any existing ``nn.Parameter`` (an optimizer that holds the
   old parameters keeps its state for them),
-* the fast dispatch can run one contiguous matmul chain per expert on a slice of a sorted buffer.
+* the fast dispatch can run one contiguous matmul chain per expert on a slice of a sorted buffer
+  (``FFNExperts`` does all of them as one autograd node, ``bench.moe.grouped``).
 
 ``SwiGLUExpert``  a full FFN copy: ``down(act(gate(x)) * up(x))``, exactly LlamaMLP's computation and
                   parameter names (MoE-LLaVA's deep-copied FFN; EvoMoE's evolved experts).
@@ -30,6 +31,8 @@ from typing import Iterable, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from bench.moe.grouped import grouped_swiglu
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,6 +96,18 @@ class LoRADelta(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
+
+
+def _is_silu(act: nn.Module) -> bool:
+    # transformers' ACT2FN["silu"] is its own SiLUActivation (plain F.silu), not nn.SiLU
+    return isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"
+
+
+def _fusable(expert: nn.Module) -> bool:
+    """A SwiGLUExpert the fused grouped kernel computes exactly: SiLU, no biases, plain Linears."""
+    return (type(expert) is SwiGLUExpert and _is_silu(expert.act_fn)
+            and all(type(getattr(expert, n)) is nn.Linear and getattr(expert, n).bias is None
+                    for n in ("gate_proj", "up_proj", "down_proj")))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,6 +231,18 @@ class FFNExperts(ExpertSet):
     def from_mlp(cls, mlp: nn.Module, num_experts: int) -> "FFNExperts":
         """``num_experts`` independent copies of a dense FFN (DeepSpeed MoE deep-copies the FFN E times)."""
         return cls(SwiGLUExpert.from_mlp(mlp) for _ in range(num_experts))
+
+    def forward_grouped(self, x_sorted: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """All experts as one autograd node (``bench.moe.grouped``) when they are plain bias-free SiLU
+        SwiGLUs, the common Llama case; otherwise the module-by-module loop."""
+        w = self.experts[0].gate_proj.weight
+        # The fused node calls torch.mm directly, so it only runs where F.linear would not have cast:
+        # same dtype as the weights and no autocast region.
+        if (x_sorted.dtype == w.dtype and not torch.is_autocast_enabled(x_sorted.device.type)
+                and all(_fusable(ex) for ex in self.experts)):
+            return grouped_swiglu(x_sorted, counts, [(ex.gate_proj.weight, ex.up_proj.weight,
+                                                      ex.down_proj.weight) for ex in self.experts])
+        return super().forward_grouped(x_sorted, counts)
 
     def _new_expert(self) -> SwiGLUExpert:
         ref = self.experts[0]

@@ -211,6 +211,11 @@ class HyperRouter(nn.Module):
     def num_experts(self) -> int:
         return self.proj.num_experts
 
+    @property
+    def row_mask(self) -> torch.Tensor:
+        """Routable experts: the projection's row mask."""
+        return self.proj.row_mask
+
     def forward(self, x: torch.Tensor, image_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x.to(self.proj.groups[0].dtype)
         if image_mask is None or not bool(image_mask.any()):

@@ -1,0 +1,156 @@
+"""MoE dispatch benchmark: forward + backward of a top-k MoE layer vs a dense FFN, on CPU.
+
+    python -m bench.perf.moe_dispatch [--tokens 2048 --d-model 512 --d-ff 1376 --experts 4,8,16,32,64]
+
+Compared, per number of experts E (each expert a SwiGLU FFN of width d_ff, top-k routing, dropless):
+
+* ``fast``  — ``MoEFFN(dispatch="fast")``: router + gating + sorted dispatch, the whole layer;
+* ``eager`` — the same layer with the reference dispatch (per-expert mask scan);
+* ``dense`` — one SwiGLU FFN of width ``k · d_ff`` on every token. A top-k token activates k experts,
+  i.e. ``k · 3 · d · d_ff`` weights and the same FLOPs as this FFN; one wide FFN (rather than k
+  separate ones) gives the dense side its largest, most efficient matmuls, so it is the strict bar.
+
+Each timing is the median of ``--repeats`` steps after ``--warmup`` steps, all variants interleaved
+round by round; a step is ``zero_grad`` (to None, as a trainer does), forward, backward with a fixed
+output gradient. Input gradients are kept on, as inside a model. Targets: fast <= 1.5x dense at every
+E, and time(E_max) <= 1.25x time(E_min). On a machine shared with other jobs, two OpenMP threads
+stall at every parallel region whenever one of them is descheduled, which punishes the many small
+per-expert matmuls far more than the dense FFN; ``--threads 1 --clock cpu`` measures compute instead. ``eager`` runs on a deep copy of the fast layer: same
+weights, same routing.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import os
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from bench.moe import FFNExperts, LinearRouter, MoEFFN, SwiGLUExpert
+
+
+def retain_freed_memory() -> bool:
+    """Ask glibc malloc to keep freed memory for reuse instead of returning it to the OS.
+
+    With E=64 experts a step allocates ~0.5 GB of fresh weight gradients (the trainer's
+    ``zero_grad(set_to_none=True)`` frees them); by default glibc trims the freed heap, so the next
+    step page-faults all of it again (~137k minor faults per step here). The setting is process-wide,
+    the same remedy as running with jemalloc/tcmalloc, and is off unless asked for.
+    Returns False where it is unavailable (not glibc).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3          # from <malloc.h>
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(
+            libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
+def build_moe(num_experts: int, d_model: int, d_ff: int, top_k: int, dispatch: str) -> MoEFFN:
+    experts = FFNExperts([SwiGLUExpert(d_model, d_ff) for _ in range(num_experts)])
+    return MoEFFN(experts, LinearRouter(d_model, num_experts), top_k=top_k, dispatch=dispatch)
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def step(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor, clock=time.perf_counter) -> float:
+    """Seconds of one training step of the layer: zero_grad (to None), forward, backward."""
+    module.zero_grad(set_to_none=True)
+    x.grad = None
+    t0 = clock()
+    module(x).backward(grad_out)
+    return clock() - t0
+
+
+def run(tokens: int, d_model: int, d_ff: int, top_k: int, experts: list[int], warmup: int,
+        repeats: int, eager: bool, seed: int = 0, clock: str = "wall") -> list[dict]:
+    """Median step times. All variants are built first and timed in interleaved rounds (dense, then
+    every E fast, then every E eager, per round), so load from other processes on a shared machine
+    spreads over all of them instead of skewing whichever ran during a busy spell."""
+    torch.manual_seed(seed)
+    x = torch.randn(1, tokens, d_model, requires_grad=True)
+    grad_out = torch.randn(1, tokens, d_model)
+    variants: dict[tuple[str, int], nn.Module] = {("dense", 0): SwiGLUExpert(d_model, top_k * d_ff)}
+    for E in experts:
+        variants[("fast", E)] = build_moe(E, d_model, d_ff, top_k, "fast")
+    if eager:
+        for E in experts:
+            variants[("eager", E)] = copy.deepcopy(variants[("fast", E)])
+            variants[("eager", E)].dispatch = "eager"
+    times: dict[tuple[str, int], list[float]] = {k: [] for k in variants}
+    for i in range(warmup + repeats):
+        for key, module in variants.items():
+            t = step(module, x, grad_out, CLOCKS[clock])
+            if i >= warmup:
+                times[key].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = []
+    for E in experts:
+        counts = variants[("fast", E)].last_output.expert_counts
+        rows.append(dict(E=E, dense=med[("dense", 0)], fast=med[("fast", E)],
+                         eager=med.get(("eager", E)), min_tok=int(counts.min()),
+                         max_tok=int(counts.max())))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["|  E | dense ms | fast ms | eager ms | fast/dense | eager/fast | tokens/expert min-max |",
+             "|---:|---------:|--------:|---------:|-----------:|-----------:|:---------------------:|"]
+    for r in rows:
+        eager = f"{r['eager'] * 1e3:8.1f}" if r["eager"] is not None else "       -"
+        ef = f"{r['eager'] / r['fast']:10.2f}" if r["eager"] is not None else "         -"
+        lines.append(f"| {r['E']:2d} | {r['dense'] * 1e3:8.1f} | {r['fast'] * 1e3:7.1f} | {eager} | "
+                     f"{r['fast'] / r['dense']:10.2f} | {ef} | {r['min_tok']:>9d}-{r['max_tok']:<11d} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.perf.moe_dispatch", description=__doc__.split("\n")[0])
+    p.add_argument("--tokens", type=int, default=2048)
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--d-ff", type=int, default=1376)
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--experts", default="4,8,16,32,64", help="comma-separated numbers of experts")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-eager", action="store_true", help="skip the eager reference")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall: perf_counter; cpu: process CPU time, which other processes' load "
+                        "does not inflate (use with --threads 1 on a shared machine)")
+    p.add_argument("--retain-freed-memory", action="store_true",
+                   help="glibc: keep freed memory for reuse (no page faults on fresh gradients)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    allocator = "glibc default"
+    if args.retain_freed_memory:
+        allocator = "glibc, freed memory retained" if retain_freed_memory() else "default (mallopt n/a)"
+    experts = [int(e) for e in args.experts.split(",")]
+    print(f"# MoE dispatch, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads: "
+          f"{args.tokens} tokens, d_model={args.d_model}, d_ff={args.d_ff}, top-{args.top_k}, dropless; "
+          f"dense = SwiGLU FFN of width {args.top_k}*d_ff; fwd+bwd, median of {args.repeats} "
+          f"after {args.warmup} warm-up, interleaved; {args.clock} clock; allocator: {allocator}; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    if args.clock == "wall" and os.getloadavg()[0] > 0.5:
+        print(f"# warning: load average {os.getloadavg()[0]:.1f} before starting: other processes share "
+              f"this CPU, wall-clock ratios will be skewed; consider --threads 1 --clock cpu")
+    rows = run(args.tokens, args.d_model, args.d_ff, args.top_k, experts, args.warmup, args.repeats,
+               eager=not args.no_eager, clock=args.clock)
+    print(format_table(rows))
+    first, last = rows[0], rows[-1]
+    growth = last["fast"] / first["fast"]
+    worst = max(r["fast"] / r["dense"] for r in rows)
+    print(f"\nfast time(E={last['E']}) / time(E={first['E']}) = {growth:.2f}  (target <= 1.25)")
+    print(f"worst fast/dense = {worst:.2f}  (target <= 1.5)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
