@@ -1,18 +1,19 @@
 """Method registry: ``@register("name")`` on a ContinualMethod subclass; ``get``/``names``/``build``.
 
-Registration happens on import of the method modules listed in ``_MODULES``; a name that is not
-registered gets an error listing every valid one (timm's registry style)."""
+Registration happens on import: every module and sub-package of ``methods`` is imported once, so a
+new method is one new file with ``@register``. A name that is not registered gets an error listing
+every valid one (timm's registry style)."""
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 import typing
 from typing import Any, Callable
 
 from methods.base import ContinualMethod, MethodContext, MethodHParams
 
 _REGISTRY: dict[str, type[ContinualMethod]] = {}
-_MODULES = ("methods.seq_ft", "methods.multitask")
 _loaded = False
 
 
@@ -34,8 +35,9 @@ def register(name: str) -> Callable[[type[ContinualMethod]], type[ContinualMetho
 def _load() -> None:
     global _loaded
     if not _loaded:
-        for mod in _MODULES:
-            importlib.import_module(mod)
+        for info in pkgutil.iter_modules(__path__):
+            if info.name != "base":
+                importlib.import_module(f"{__name__}.{info.name}")
         _loaded = True
 
 
