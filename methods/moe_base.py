@@ -1,0 +1,99 @@
+"""What every MoE method shares on top of ``bench.moe``: installing MoE layers in the chosen decoder
+layers, the weighted load-balancing loss, the image-token mask for token-aware routers, expert
+utilisation reports and the per-token activated-parameter count.
+
+Subclasses implement ``build_layer(index, mlp)`` (the MoEFFN replacing one decoder FFN) and their own
+task lifecycle; they differ only in what the spec says they differ in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.moe import MoEFFN, collect_aux_loss, decoder_layers, install_moe, select_moe_layers
+from methods.base import ContinualMethod, MethodHParams
+
+
+@dataclass
+class MoEHParams(MethodHParams):
+    moe_layers: str = "alternate"  # "alternate" (MoE-LLaVA's every other layer), "all", or "0,2,3"
+    top_k: int = 2
+    aux_loss_coef: float = 0.01  # Switch load balancing E * sum_e f_e P_e, summed over MoE layers
+    dispatch: str = "fast"  # "fast" (sorted) or "eager" (reference)
+
+    def validate(self) -> None:
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.aux_loss_coef < 0:
+            raise ValueError(f"aux_loss_coef must be >= 0, got {self.aux_loss_coef}")
+        if self.dispatch not in ("fast", "eager"):
+            raise ValueError(f"dispatch must be 'fast' or 'eager', got {self.dispatch!r}")
+        if self.moe_layers not in ("alternate", "all"):
+            try:
+                [int(x) for x in self.moe_layers.split(",")]
+            except ValueError:
+                raise ValueError(f"moe_layers must be 'alternate', 'all' or comma-separated layer ids, "
+                                 f"got {self.moe_layers!r}") from None
+
+
+class MoEMethod(ContinualMethod):
+    HParams = MoEHParams
+
+    def __init__(self, hparams=None):
+        super().__init__(hparams)
+        self.layers: dict[int, MoEFFN] = {}
+
+    # --- installation ----------------------------------------------------------------------------
+    def layer_ids(self, model: nn.Module) -> list[int]:
+        spec = self.hp.moe_layers
+        n = len(decoder_layers(model))
+        return select_moe_layers(n, spec if spec in ("alternate", "all") else [int(x) for x in spec.split(",")])
+
+    def install(self, model: nn.Module) -> None:
+        """Replace the FFN of every selected decoder layer by ``self.build_layer(i, mlp)`` (each subclass
+        defines ``build_layer(index, mlp) -> MoEFFN``)."""
+        ids = self.layer_ids(model)
+        install_moe(model, self.build_layer, ids)
+        layers = decoder_layers(model)
+        self.layers = {i: layers[i].mlp for i in ids}
+
+    # --- training hooks --------------------------------------------------------------------------
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        if self.hp.aux_loss_coef == 0 or not self.layers:
+            return None
+        aux = collect_aux_loss(self.layers.values())
+        return None if aux is None else self.hp.aux_loss_coef * aux
+
+    def before_forward(self, batch: dict[str, torch.Tensor], phase: str) -> None:
+        # Token-aware routers need to know which positions are image features; decoded tokens are text.
+        if phase != "decode" and self.ctx is not None and self.ctx.image_token_id is not None:
+            mask = batch["input_ids"] == self.ctx.image_token_id
+            for layer in self.layers.values():
+                layer.set_token_types(mask)
+
+    def reset_usage(self) -> None:
+        for layer in self.layers.values():
+            layer.reset_usage()
+
+    # --- reporting -------------------------------------------------------------------------------
+    def expert_utilisation(self) -> dict[str, list[float]]:
+        """Per MoE layer: fraction of tokens routed to each expert since the last reset."""
+        return {str(i): [round(float(f), 6) for f in layer.usage_fraction()] for i, layer in self.layers.items()}
+
+    def task_report(self) -> dict[str, Any]:
+        return {"experts_per_layer": {str(i): layer.experts.num_experts for i, layer in self.layers.items()},
+                "expert_utilisation": self.expert_utilisation()}
+
+    def inactive_parameters_per_token(self) -> int:
+        """A token runs top_k experts of a layer (the largest ones, as an upper bound on activation)
+        and one router; every other expert and router of the layer is inactive for it."""
+        inactive = 0
+        for layer in self.layers.values():
+            sizes = sorted((layer.experts.expert_numel(e) for e in range(layer.experts.num_experts)), reverse=True)
+            inactive += sum(sizes[layer.top_k:])
+            routers = [sum(p.numel() for p in r.parameters()) for r in layer.routers]
+            inactive += sum(routers) - max(routers)
+        return inactive
