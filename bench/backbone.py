@@ -26,6 +26,12 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def conversation_text(prompt: str, answer: str) -> str:
+    """The text of one training conversation, exactly as ``prompt_ids + answer_ids`` spell it
+    (without special tokens and image placeholders)."""
+    return f"USER:\n{prompt} ASSISTANT: {answer}"
+
+
 @dataclass
 class Backbone:
     model: Any  # LlavaForConditionalGeneration

@@ -41,18 +41,18 @@ def _tokenizer_tasks(cfg: RunConfig, task_list) -> list:
 
 
 def _tokenizer_corpus(cfg: RunConfig, task_list):
-    """The suite's own text: stage-0 captions plus every task's training prompts and answers."""
+    """The suite's own text, as the model will read it: every stage-0 caption and every task training
+    record rendered through the conversation template. Training on the templated text matters: BPE
+    then learns the merges the model really sees (" ASSISTANT:", " B", " Red"); trained on bare
+    answers it splits " B" into a lone space plus "B", and the lone space is a token stage 0 never
+    predicts, which no LoRA can cheaply teach it to predict later."""
+    from bench.backbone import conversation_text
 
     def corpus():
         spec = cfg.data_spec()
-        prompts, answers = _pretrain_split(cfg).texts()
-        yield from prompts
-        yield from answers
-        for task in task_list:
-            p, a = task.load("train", spec).texts()
-            yield from p
-            yield from a
-        yield "USER: ASSISTANT:"
+        for split in [_pretrain_split(cfg)] + [task.load("train", spec) for task in task_list]:
+            prompts, answers = split.texts()
+            yield from (conversation_text(p, a) for p, a in zip(prompts, answers))
 
     return corpus
 
@@ -64,7 +64,7 @@ def load_base(cfg: RunConfig, task_list, accelerator) -> tuple[Backbone, dict]:
         return backbone, {"cached": True, "seconds": 0.0, "source": "checkpoint"}
     cache = Path(cfg.cache_dir)
     task_list = _tokenizer_tasks(cfg, task_list)
-    data_key = {"source": cfg.data_spec().source, "data_root": cfg.data_root, "data_seed": cfg.data_seed,
+    data_key = {"corpus": "templated-conversations-v2", "source": cfg.data_spec().source, "data_root": cfg.data_root, "data_seed": cfg.data_seed,
                 "mini_train": cfg.mini_train, "instructions": cfg.instructions, "tasks": [t.name for t in task_list],
                 "stage0_data": [cfg.stage0.num_records, cfg.stage0.data_seed, cfg.backbone.image_size]}
     tokenizer, tok_path = load_or_train_tokenizer(cfg.backbone, _tokenizer_corpus(cfg, task_list), data_key, cache)

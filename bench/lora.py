@@ -1,11 +1,15 @@
 """LoRA on `nn.Linear` layers of the decoder (CoIN's recipe: every LLM linear, alpha/r scaling).
 
-``y = W x + (alpha / r) * B A dropout(x)`` with ``A ~ N(0, 0.01)`` (CoIN's MoELoRA init) and
-``B = 0`` so an attached adapter starts as the identity change.
+``y = W x + (alpha / r) * B A dropout(x)`` with ``B = 0`` so an attached adapter starts as no change,
+and ``A`` kaiming-uniform (peft's default, which CoIN's LoRA baseline uses). Why not N(0, 0.01): with
+A that small the product B A grows from almost nothing and the tiny decoder barely moves within a
+150-step task budget.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import math
 
 import torch
 from torch import nn
@@ -18,8 +22,9 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.base = base
         self.rank, self.scale = rank, alpha / rank
-        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features, dtype=base.weight.dtype,
-                                               device=base.weight.device) * 0.01)
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, dtype=base.weight.dtype,
+                                               device=base.weight.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype,
                                                device=base.weight.device))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

@@ -138,6 +138,7 @@ def run(cfg: RunConfig, hooks: Hooks | None = None) -> Path:
         method.begin_task(index, stage_task, loader)
         timer.add("method", t)
         counts = method.parameter_counts()
+        evolved = sum(p.numel() for p in method.evolving_parameters())
         hooks.before_train(index, method, model)
         stats = train_steps(model, method.trainable_parameters(), loader, steps, accelerator=accelerator, lr=cfg.lr,
                             warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
@@ -148,7 +149,8 @@ def run(cfg: RunConfig, hooks: Hooks | None = None) -> Path:
         t = time.perf_counter()
         method.end_task(index, stage_task, loader)
         timer.add("method", t)
-        counts["trained"] = stats.trained_parameters
+        counts["trained"] = stats.trained_parameters + evolved
+        counts["evolved"] = evolved
         parameters.append({"after": stage_name, **counts})
         reports.append({"after": stage_name, **method.task_report()})
         train_log.append({"after": stage_name, "steps": stats.steps, "seconds": round(stats.seconds, 3),

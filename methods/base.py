@@ -69,6 +69,11 @@ class ContinualMethod:
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def evolving_parameters(self) -> Iterable[nn.Parameter]:
+        """Parameters the current task changes WITHOUT gradient (never in the optimizer), e.g. EvoMoE's
+        experts 2..N moved by EMA in after_optimizer_step. They count as trained in the record."""
+        return []
+
     def auxiliary_loss(self) -> torch.Tensor | None:
         return None
 

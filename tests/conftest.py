@@ -9,6 +9,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# The test models are tiny: one intra-op thread avoids OpenMP stalls when the 2 cores are shared.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,10 @@ gating.py    top_k_gating (DeepSpeed top-2 capacity rules), load_balancing_loss,
 dispatch.py  dispatch_eager (reference), dispatch_sorted (fast)
 layer.py     MoEFFN, the layer that replaces a decoder FFN; helpers over all MoE layers
 install.py   decoder_layers, select_moe_layers, install_moe
+evolution.py EvoMoE's expert evolution (EMA / scaled-update readings, seeded beta sampler)
+diversity.py expert diversity: mean pairwise cosine distance of expert weights
 """
+from bench.moe.diversity import diversity_report, expert_diversity
 from bench.moe.dispatch import dispatch_eager, dispatch_sorted
 from bench.moe.experts import ExpertSet, FFNExperts, LoRADelta, LoRAExperts, SwiGLUExpert
 from bench.moe.gating import MoEOutput, expert_capacity, load_balancing_loss, top_k_gating
@@ -21,5 +24,5 @@ __all__ = [
     "MoEOutput", "top_k_gating", "load_balancing_loss", "expert_capacity",
     "dispatch_eager", "dispatch_sorted",
     "MoEFFN", "moe_layers_of", "collect_aux_loss", "set_token_types", "set_router_choice",
-    "decoder_layers", "select_moe_layers", "install_moe",
+    "decoder_layers", "select_moe_layers", "install_moe", "diversity_report", "expert_diversity",
 ]

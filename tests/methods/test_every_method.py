@@ -23,8 +23,9 @@ class FrozenCheck(Hooks):
 
     def before(self, t, method, model):
         trainable = {id(p) for p in method.trainable_parameters()}
+        evolving = {id(p) for p in method.evolving_parameters()}
         named = list(model.named_parameters())
-        self.frozen = {n: p.detach().clone() for n, p in named if id(p) not in trainable}
+        self.frozen = {n: p.detach().clone() for n, p in named if id(p) not in trainable | evolving}
         self.trained = {n: p.detach().clone() for n, p in named if id(p) in trainable}
         assert self.trained, f"{method.name} exposes no trainable parameters in stage {t}"
 

@@ -1,0 +1,141 @@
+"""LLaVA-CMoE's Probe-Guided Knowledge Extension (spec methods.md Part A "LLaVA-CMoE defaults",
+Part B §1 steps 3-5): which MoE layers get a new expert for task t, and how it is initialised.
+
+    probe       one fresh LoRA expert per MoE layer, appended after the (frozen) old experts
+    probe router R~_l = [R_l^{t-1}; one fresh row]      (trainable copy; the row is nn.Linear-init)
+    frequency   f_{l,e} = (1/N_tok) sum_{tokens} 1[e in TopK(p)]   on the probe subset, after training
+    threshold   A: theta   = mean_l f_{l,probe} - alpha * std_l f_{l,probe}          (across layers)
+                B: theta_l = mean_e f_{l,e}     - alpha * std_e f_{l,e}   (the layer's experts + probe)
+    expand l    iff f_{l,probe} > theta(_l)          (strict, as the paper's Eq. 2; 1e-9 tolerance)
+    new experts N_s copies of argmax_{e old} f_{l,e};  R_l^t = [R_l^{t-1}; row(source) + noise]
+
+Statistics are population statistics (std with ddof 0) [INFERRED]. Tokens are the real tokens of the
+probe subset (attention mask), prompt and answer, image tokens included [INFERRED].
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from bench.moe import LinearRouter, MoEFFN
+
+READINGS = ("A", "B")
+
+
+# --------------------------------------------------------------------------------------------------
+# threshold rule
+# --------------------------------------------------------------------------------------------------
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    mu = sum(values) / len(values)
+    return mu, math.sqrt(sum((v - mu) ** 2 for v in values) / len(values))
+
+
+def expansion_thresholds(probe_freq: Mapping[int, float], expert_freqs: Mapping[int, Sequence[float]],
+                         alpha: float, reading: str) -> dict[int, float]:
+    """theta per layer. Reading A: one threshold from the probe frequencies of all layers. Reading B:
+    per layer, from the frequencies of all its experts (old ones and the probe, the last entry)."""
+    if reading == "A":
+        mu, sd = _mean_std(list(probe_freq.values()))
+        return {l: mu - alpha * sd for l in probe_freq}
+    if reading == "B":
+        out = {}
+        for l in probe_freq:
+            mu, sd = _mean_std(list(expert_freqs[l]))
+            out[l] = mu - alpha * sd
+        return out
+    raise ValueError(f"threshold reading must be one of {READINGS}, got {reading!r}")
+
+
+def layers_to_expand(probe_freq: Mapping[int, float], thresholds: Mapping[int, float],
+                     tol: float = 1e-9) -> dict[int, bool]:
+    """Eq. 2: layer l expands iff its probe's activation frequency exceeds the threshold.
+
+    WHY the tolerance: with two MoE layers, reading A gives theta = min(f) exactly in arithmetic, but
+    ``mean - std`` can round a hair below it; a frequency equal to theta must not expand by rounding.
+    """
+    return {l: probe_freq[l] > thresholds[l] + tol for l in probe_freq}
+
+
+# --------------------------------------------------------------------------------------------------
+# probes and expansion on one MoE layer
+# --------------------------------------------------------------------------------------------------
+def attach_probe(layer: MoEFFN, prev_router: int) -> int:
+    """Freeze the old experts, append one fresh probe expert and the probe router; returns the probe
+    router's index (not selected here: the method sets the choice before every forward)."""
+    layer.experts.freeze()
+    layer.experts.append(1)
+    probe_router = LinearRouter.from_router(layer.routers[prev_router])
+    probe_router.append_rows(1)
+    return layer.add_router(probe_router)
+
+
+def detach_probe(layer: MoEFFN) -> None:
+    """Discard the probe router and the probe expert (they were appended last)."""
+    layer.pop_router()
+    layer.experts.pop(1)
+
+
+def expand_layer(layer: MoEFFN, prev_router: int, source: int | None, num_new: int,
+                 router_noise: float) -> int:
+    """Add task t's router R^t (and, if ``source`` is given, ``num_new`` trainable copies of expert
+    ``source``); returns R^t's index.
+
+    R^t's old rows are a trainable copy of R^{t-1}; each new row is the source expert's row plus
+    Gaussian noise of std ``router_noise * std(row)`` (relative, so the rule is scale-free across
+    model widths). WHY copy the row: the copied expert then starts out receiving the tokens its
+    source received, split with the source by the noise, instead of a random share.
+    """
+    router = LinearRouter.from_router(layer.routers[prev_router])
+    if source is not None and num_new > 0:
+        layer.experts.append(num_new, copy_from=source)
+        std = float(router.weight.detach()[source].float().std(unbiased=False))
+        router.append_rows(num_new, copy_from=source, noise_std=router_noise * std)
+    return layer.add_router(router)
+
+
+# --------------------------------------------------------------------------------------------------
+# data and measurement
+# --------------------------------------------------------------------------------------------------
+def subset_loader(loader: DataLoader, fraction: float, seed: int) -> DataLoader:
+    """A loader over a random ``fraction`` of ``loader``'s dataset (at least one record), same batch
+    size and collate function, its own shuffling generator (the task loader's order is untouched)."""
+    n = len(loader.dataset)
+    size = max(1, min(n, math.ceil(fraction * n)))
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(n, generator=gen)[:size].tolist()
+    batch_size = loader.batch_size or 1
+    return DataLoader(Subset(loader.dataset, idx), batch_size=batch_size, shuffle=True,
+                      drop_last=size >= batch_size, generator=torch.Generator().manual_seed(seed + 1),
+                      collate_fn=loader.collate_fn)
+
+
+@torch.no_grad()
+def measure_usage(model: nn.Module, layers: Mapping[int, MoEFFN], loader, device: torch.device,
+                  prepare: Callable[[dict[str, Any]], None]) -> dict[int, torch.Tensor]:
+    """Per MoE layer, f_{l,e} over the real (attention-mask) tokens of one pass over ``loader``, with
+    the routers ``prepare(batch)`` selects. Padding is excluded, which ``MoEFFN.usage_counts`` cannot do
+    (it counts every position), so the counts come from each forward's ``last_output``."""
+    counts = {i: torch.zeros(m.experts.num_experts, dtype=torch.float64) for i, m in layers.items()}
+    tokens = 0
+    inner = getattr(model, "model", model)  # hidden states suffice: skip the LM head
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in loader:
+            batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            prepare(batch)
+            kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values") if k in batch}
+            inner(**kwargs, use_cache=False)
+            real = batch["attention_mask"].reshape(-1).bool()
+            tokens += int(real.sum())
+            for i, m in layers.items():
+                out = m.last_output
+                hit = out.kept & real.unsqueeze(1)
+                counts[i] += torch.bincount(out.expert_index[hit], minlength=counts[i].numel()).double().cpu()
+    finally:
+        model.train(was_training)
+    return {i: c / max(1, tokens) for i, c in counts.items()}

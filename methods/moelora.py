@@ -1,0 +1,106 @@
+"""``moelora``: CoIN's MoELoRA baseline (spec methods.md Part A table; Part B section 4 "MoELoRA").
+
+Every decoder linear W_0 (q, k, v, o, gate, up, down; not the vision tower, projector or lm_head) gets
+N LoRA experts of rank r / N and its own router, mixed densely (``bench.moe.moelora_linear``):
+
+    y = W_0 x + sum_e softmax(R x)_e * (alpha / r) * B_e A_e dropout(x)
+
+All experts and routers train on every task; nothing is frozen between tasks and nothing grows, so
+this is the LoRA lower bound with a mixture inside each adapter. It is not an FFN-level MoE, hence not
+an ``MoEMethod``: there is no top-k, no capacity, no load-balancing loss, and every expert is active for
+every token (``inactive_parameters_per_token`` = 0).
+
+Hyper-parameters (``--set key=value``):
+    num_experts=8      N, CoIN's ``expert_num``.
+    rank=16            total rank r, split into N experts of r / N = 2 [INFERRED: CoIN uses r = 128 on a
+                       7B model; 16 is seq-ft's rank on the d=128 tiny decoder, so both baselines hold
+                       the same LoRA parameter budget].
+    alpha=32.0         scale alpha / r = 2, as CoIN's 256 / 128.
+    dropout=0.0        LoRA dropout on the experts' input (not the router's), as seq-ft here.
+    lora_init="kaiming"  A's init; B = 0 either way, so the model starts as the base model. CoIN's code
+                       draws A ~ N(0, 0.01) ("normal"); the default follows the project's seq-ft LoRA
+                       (peft's kaiming-uniform), whose A that small barely moves the tiny decoder
+                       within a task's step budget, so the two LoRA baselines stay comparable.
+    targets="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  the wrapped decoder linears.
+
+The task report gives, per wrapped linear, the mean mixing weight of each expert over the task's
+training tokens (``expert_utilisation``) and, per decoder layer, the mean router entropy in nats
+(``router_entropy``; ``router_entropy_uniform`` = log N is the value of uniform mixing).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from bench.lora import DECODER_LINEARS
+from bench.moe.moelora_linear import MoELoRALinear, inject_moelora
+from methods import register
+from methods.base import ContinualMethod, MethodHParams
+
+
+@dataclass
+class MoELoRAHParams(MethodHParams):
+    num_experts: int = 8
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    lora_init: str = "kaiming"
+    targets: tuple[str, ...] = DECODER_LINEARS
+
+    def validate(self) -> None:
+        if self.num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
+        if self.rank < self.num_experts or self.rank % self.num_experts:
+            raise ValueError(f"rank ({self.rank}) must be a positive multiple of num_experts ({self.num_experts})")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lora_init not in ("kaiming", "normal"):
+            raise ValueError(f"lora_init must be 'kaiming' or 'normal', got {self.lora_init!r}")
+        unknown = set(self.targets) - set(DECODER_LINEARS)
+        if not self.targets or unknown:
+            raise ValueError(f"targets must be a non-empty subset of {','.join(DECODER_LINEARS)}, got {self.targets}")
+
+
+@register("moelora")
+class MoELoRA(ContinualMethod):
+    HParams = MoELoRAHParams
+
+    def __init__(self, hparams: MoELoRAHParams | None = None):
+        super().__init__(hparams)
+        self.linears: dict[str, MoELoRALinear] = {}
+
+    def attach(self, model, ctx) -> None:
+        super().attach(model, ctx)
+        hp = self.hp
+        self.linears = inject_moelora(model, tuple(hp.targets), hp.num_experts, hp.rank, hp.alpha,
+                                      hp.dropout, hp.lora_init)
+        for lin in self.linears.values():
+            lin.experts.requires_grad_(True)
+            lin.router.requires_grad_(True)
+
+    def begin_task(self, task_index: int, task, train_loader) -> None:
+        for lin in self.linears.values():
+            lin.reset_stats()  # the report describes this task's training tokens only
+
+    # --- reporting -------------------------------------------------------------------------------
+    def task_report(self) -> dict[str, Any]:
+        per_layer: dict[str, list[float]] = {}
+        for name, lin in self.linears.items():
+            per_layer.setdefault(name.split(".", 1)[0], []).append(lin.mean_entropy())
+        return {
+            "router_entropy": {k: round(sum(v) / len(v), 6) for k, v in per_layer.items()},
+            "router_entropy_uniform": round(math.log(self.hp.num_experts), 6),
+            "expert_utilisation": {name: [round(w, 6) for w in lin.mean_weights()]
+                                   for name, lin in self.linears.items()},
+        }
+
+    # --- resume ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        # All tensors (experts, routers) live in the model and attach() rebuilds the structure; the
+        # list of wrapped linears guards against loading into a differently configured method.
+        return {"linears": list(self.linears)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state.get("linears", [])) != list(self.linears):
+            raise ValueError("saved MoELoRA linears differ from the ones attach() wrapped")

@@ -1,0 +1,156 @@
+"""naive-expansion: exactly K LoRA experts + K router rows per MoE layer per task, old experts and rows
+frozen and bit-identical through a later task, linear growth in the record, state round trip."""
+from __future__ import annotations
+
+import json
+
+import torch
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from bench.moe import LoRAExperts, decoder_layers
+from bench.protocol import Hooks, run
+from bench.records import read_record
+from methods import hparams_for
+from methods.base import MethodContext
+from methods.naive_expansion import NaiveExpansion
+
+D = 16
+
+
+def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
+    torch.manual_seed(seed)
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, image_size=28, patch_size=14),
+        text_config=LlamaConfig(hidden_size=D, intermediate_size=40, num_hidden_layers=4,
+                                num_attention_heads=2, num_key_value_heads=2, vocab_size=64),
+        image_token_id=63)
+    return LlavaForConditionalGeneration(cfg).eval()
+
+
+def attached(model, **overrides) -> NaiveExpansion:
+    method = NaiveExpansion(hparams_for("naive-expansion", overrides))
+    method.attach(model, MethodContext(num_tasks=3, steps_per_task=1, device=torch.device("cpu")))
+    return method
+
+
+def increment(K: int, r: int, d: int, layers: int) -> int:
+    """Per task: K experts of A (r x d) + B (d x r) and K router rows of d, in every MoE layer."""
+    return layers * K * (2 * r * d + d)
+
+
+def train_a_little(model, method, steps: int = 3) -> None:
+    """A few AdamW steps with weight decay on the method's trainable parameters (LM + aux loss)."""
+    params = [p for p in method.trainable_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    model.train()
+    for _ in range(steps):
+        ids = torch.randint(0, 60, (2, 8))
+        loss = model(input_ids=ids, labels=ids).loss + method.auxiliary_loss()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def test_each_task_adds_exactly_k_experts_and_k_rows_and_trains_only_them():
+    model = tiny_llava()
+    ids = torch.randint(0, 60, (2, 9))
+    with torch.no_grad():
+        dense = model(input_ids=ids).logits
+    method = attached(model, experts_per_task="3", lora_rank="4", top_k="2")
+    base_total = sum(p.numel() for p in model.parameters())
+    step = increment(K=3, r=4, d=D, layers=2)
+    for t in range(3):
+        before = {id(p) for p in model.parameters()}
+        method.begin_task(t, None, None)
+        if t == 0:
+            with torch.no_grad():  # B = 0: the first experts add nothing to the dense FFN
+                torch.testing.assert_close(model(input_ids=ids).logits, dense, rtol=1e-5, atol=1e-6)
+        assert sum(p.numel() for p in model.parameters()) == base_total + (t + 1) * step
+        new = [p for p in model.parameters() if id(p) not in before]
+        assert {id(p) for p in method.trainable_parameters()} == {id(p) for p in new}
+        assert sum(p.numel() for p in new) == step
+        for i in (0, 2):
+            moe = decoder_layers(model)[i].mlp
+            assert isinstance(moe.experts, LoRAExperts) and moe.experts.num_experts == 3 * (t + 1)
+            assert moe.router.num_experts == 3 * (t + 1) and len(moe.router.groups) == t + 1
+            assert [moe.experts.is_frozen(e) for e in range(3 * (t + 1))] == [True] * (3 * t) + [False] * 3
+            assert not any(p.requires_grad for p in moe.experts.base.parameters())
+        assert method.task_report()["experts_per_layer"] == {"0": 3 * (t + 1), "2": 3 * (t + 1)}
+
+
+def test_old_experts_and_rows_stay_bit_identical_under_adamw_weight_decay():
+    model = tiny_llava()
+    method = attached(model)
+    method.begin_task(0, None, None)
+    train_a_little(model, method)
+    moe = decoder_layers(model)[2].mlp
+    old = [p.detach().clone() for e in range(2) for p in moe.experts.expert_parameters(e)]
+    old_rows = moe.router.groups[0].detach().clone()
+    method.begin_task(1, None, None)
+    new_before = [p.detach().clone() for e in (2, 3) for p in moe.experts.expert_parameters(e)]
+    train_a_little(model, method)
+    assert all(torch.equal(p, s) for p, s in
+               zip([p for e in range(2) for p in moe.experts.expert_parameters(e)], old))
+    assert torch.equal(moe.router.groups[0], old_rows)
+    assert any(not torch.equal(p, s) for p, s in
+               zip([p for e in (2, 3) for p in moe.experts.expert_parameters(e)], new_before))
+
+
+def test_train_old_rows_trains_the_old_rows_but_not_the_old_experts():
+    model = tiny_llava()
+    method = attached(model, train_old_rows="true")
+    method.begin_task(0, None, None)
+    method.begin_task(1, None, None)
+    moe = decoder_layers(model)[0].mlp
+    assert all(g.requires_grad for g in moe.router.groups)
+    assert moe.experts.is_frozen(0) and moe.experts.is_frozen(1) and not moe.experts.is_frozen(2)
+
+
+def test_state_dict_round_trip_reproduces_the_trained_method():
+    model = tiny_llava()
+    method = attached(model)
+    for t in range(2):
+        method.begin_task(t, None, None)
+        train_a_little(model, method, steps=2)
+    ids = torch.randint(0, 60, (2, 9))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    state = json.loads(json.dumps(method.state_dict()))
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+
+    fresh_model = tiny_llava()
+    fresh = attached(fresh_model)
+    fresh.load_state_dict(state)
+    fresh_model.load_state_dict(saved)                   # strict: the same module tree and names
+    with torch.no_grad():
+        assert torch.equal(fresh_model(input_ids=ids).logits, expected)
+    assert {n: p.requires_grad for n, p in fresh_model.named_parameters()} == flags
+    fresh.begin_task(2, None, None)                      # and it keeps growing from there
+    assert decoder_layers(fresh_model)[0].mlp.experts.num_experts == 6
+
+
+def test_record_shows_linear_growth_and_frozen_old_experts(tiny_config):
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    def after(t, method, model):
+        snapshots[t] = {n: p.detach().clone() for n, p in model.named_parameters() if ".mlp." in n}
+
+    record = read_record(run(tiny_config(method="naive-expansion", mini_test=8, max_new_tokens=4), Hooks(after_train=after)))
+    d = 128  # the tiny preset's text hidden size
+    step = increment(K=2, r=16, d=d, layers=2)
+    params = record["parameters"]
+    assert params[1]["total"] - params[0]["total"] == step
+    assert params[0]["trained"] == params[1]["trained"] == step
+    # a token uses top-2 of the layer's experts: the other experts are the inactive ones
+    assert params[1]["total"] - params[1]["activated_per_token"] - \
+        (params[0]["total"] - params[0]["activated_per_token"]) == 2 * 2 * (2 * 16 * d)
+    # task 1's experts (0, 1) and router group 0 are bit-identical after task 2
+    old = [n for n in snapshots[0] if ".experts.experts.0." in n or ".experts.experts.1." in n
+           or n.endswith("routers.0.groups.0")]
+    assert len(old) == 2 * (2 * 2 + 1)
+    assert all(torch.equal(snapshots[0][n], snapshots[1][n]) for n in old)
+    assert [r["experts_per_layer"] for r in record["method_reports"]] == [{"0": 2, "2": 2}, {"0": 4, "2": 4}]
+    assert len(record["method_reports"][1]["expert_utilisation"]["0"]) == 4
