@@ -70,13 +70,20 @@ def evaluate_all(model, method, backbone, test_sets: dict[str, tuple[Any, Encode
                  accelerator) -> dict[str, dict[str, Any]]:
     """Greedy answers for every test record of every task, scored by the task's official rule."""
     out = {}
-    for name, (task, encoded) in test_sets.items():
+    for index, (name, (task, encoded)) in enumerate(test_sets.items()):
         loader = eval_loader(backbone, encoded, cfg.eval_batch_size)
+        if method.oracle:  # upper-bound ablations only; the record marks them (oracle_task_id)
+            method.set_eval_task(index)
         ids = generate(model, loader, eos_id=backbone.eos_id, max_new_tokens=cfg.max_new_tokens,
                        accelerator=accelerator, before_forward=method.before_forward)
+        if method.oracle:
+            method.set_eval_task(None)
         predictions = [backbone.decode(ids[i]) for i in range(len(encoded))]
         result = task.score(predictions, encoded.split, mode=cfg.scoring_mode)
         out[name] = {"accuracy": result.accuracy, "n": result.n, "examples": predictions[:3]}
+        report = method.evaluation_report(name)
+        if report:
+            out[name]["method"] = report
     return out
 
 
@@ -116,7 +123,8 @@ def run(cfg: RunConfig, hooks: Hooks | None = None) -> Path:
     from methods.base import MethodContext
 
     ctx = MethodContext(num_tasks=len(task_list), steps_per_task=cfg.steps_per_task, device=accelerator.device,
-                        image_token_id=backbone.image_token_id, run_seed=cfg.seed)
+                        image_token_id=backbone.image_token_id, run_seed=cfg.seed,
+                        extra={"accelerator": accelerator, "lr": cfg.lr})
     method.attach(model, ctx)
 
     def evaluate_row() -> dict[str, dict[str, Any]]:

@@ -104,6 +104,8 @@ def train_steps(model: nn.Module, params: Iterable[nn.Parameter], loader, steps:
         bar.update(1)
     bar.close()
     accelerator.wait_for_everyone()
+    # accelerate keeps every prepared optimizer/loader alive; a continual run prepares one per task.
+    accelerator.free_memory()
     model.eval()
     return TrainStats(steps=steps, seconds=time.perf_counter() - start, trained_parameters=n_trained, loss_curve=curve)
 

@@ -86,6 +86,15 @@ class ContinualMethod:
         Lets a method see input-level information such as the image-token mask or pick a router
         (PTL) from the prompt; the model itself never receives a task id."""
 
+    def set_eval_task(self, task_index: int | None) -> None:
+        """Oracle ablations only (``oracle = True``): the harness announces the true task index before
+        evaluating that task's test set, and None afterwards. Never called for other methods."""
+
+    def evaluation_report(self, task_name: str) -> dict[str, Any]:
+        """Called after a task's test answers exist (so routing never saw the name): diagnostics for
+        that evaluation, e.g. PTL's predicted-task histogram = one row of the confusion matrix."""
+        return {}
+
     def after_optimizer_step(self) -> None:
         """Called after every optimiser step (e.g. EvoMoE's EMA evolution of experts 2..N)."""
 

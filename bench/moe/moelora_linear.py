@@ -11,8 +11,8 @@ runs for every token, no top-k) and the scale alpha / r of the *total* rank r, a
 which is given ``alpha_e = alpha / N`` so that ``alpha_e / r_e = alpha / r``.
 
 This is not an FFN-level MoE (no ``MoEFFN``): each wrapped linear keeps its own experts and router.
-The wrapper also keeps running sums of its mixing weights and their entropy (diagnostics for the task
-report; plain attributes, not buffers, so they never enter a checkpoint).
+In training mode the wrapper also keeps running sums of its mixing weights and their entropy
+(diagnostics for the task report; plain attributes, not buffers, so they never enter a checkpoint).
 """
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ class MoELoRALinear(nn.Module):
         flat = x.reshape(-1, d)
         weights = self.mixing_weights(flat)
         delta = self.experts.mix_dense(self.dropout(flat), weights)
-        self._accumulate(weights)
+        if self.training:  # the statistics describe training tokens; evaluation skips their cost
+            self._accumulate(weights)
         return self.base(x) + delta.view(*lead, -1).to(x.dtype)
 
     # --- diagnostics ------------------------------------------------------------------------------

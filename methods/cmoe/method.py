@@ -26,7 +26,8 @@ Hyper-parameters (``--set key=value``; defaults are the spec's; [INFERRED] = no 
     probe_data_fraction=0.1, probe_step_fraction=0.1   probe subset / steps (>= 1 record, >= 1 step).
     probe_lr=None           [INFERRED] None = the run's task lr (``ctx.extra["lr"]``, 3e-3 if absent).
     threshold_reading="A"   A: mean/std over layers' probe frequencies; B: over the layer's experts
-                            (old + probe). Population std [INFERRED]; expansion iff f > theta (strict).
+                            (old + probe). Population std [INFERRED]; expand iff f > theta (strict,
+                            up to a 1e-9 rounding tolerance).
     threshold_alpha=1.0     alpha [INFERRED: the value is not found].
     new_experts=1           N_s, experts added per expanded layer, all copies of the most-used one.
     router_init_noise=0.01  [INFERRED] std of the noise on a copied router row, relative to the row's
@@ -185,9 +186,8 @@ class CMoE(MoEMethod):
             expand = layers_to_expand(probe_freq, thresholds)
             report.update(stats, reading=hp.threshold_reading, alpha=hp.threshold_alpha)
         else:
-            choose = {i: prev[i] for i in self.layers}
             old = measure_usage(self.model, self.layers, subset, self.ctx.device,
-                                lambda b: self._prepare_train(b, choose))
+                                lambda b: self._prepare_train(b, prev))
             probe_freq, thresholds, expand = {}, {}, {i: True for i in self.layers}
         layers_report, naive_extra = {}, 0
         for i, layer in self.layers.items():
@@ -226,7 +226,6 @@ class CMoE(MoEMethod):
         accelerator, own = self._accelerator()
         start = time.perf_counter()
         try:
-            self._train_choice = next(iter(probe_router.values()))
             stats = train_steps(self.model, params, subset, steps, accelerator=accelerator, lr=lr,
                                 aux_loss=self.auxiliary_loss, before_forward=self._prepare_probe(probe_router),
                                 desc=f"{self.name} probe")
@@ -259,6 +258,7 @@ class CMoE(MoEMethod):
             n += feats[-1].shape[0]
             if hp.ptl_max_samples and n >= hp.ptl_max_samples:
                 break
+        # local only: no feature of task t outlives this call (no replay; tested)
         features = torch.cat(feats)[: hp.ptl_max_samples or None]
         del feats
         vae, loss = fit_task_vae(features, hidden=hp.vae_hidden, latent=hp.vae_latent, kl_weight=hp.vae_kl_weight,
@@ -270,7 +270,6 @@ class CMoE(MoEMethod):
                             "vae_parameters": sum(p.numel() for p in vae.parameters()),
                             "locator_parameters": self.locator.num_parameters(),
                             "seconds": round(time.perf_counter() - start, 3)}
-        del features  # WHY explicit: no feature of task t may outlive this call (no replay)
         self._freeze_all()
 
     # --- routing ---------------------------------------------------------------------------------
@@ -317,6 +316,8 @@ class CMoE(MoEMethod):
         calls since the last call (i.e. this task's test prompts) and PTL's accuracy on them. The name
         is used only here, after the answers were generated; routing never sees it."""
         calls, self._histograms = self._histograms, []
+        if not calls:   # e.g. row 0: no MoE layers yet, nothing was routed
+            return {}
         width = max((len(h) for h in calls), default=0)
         total = [sum(h[j] for h in calls if j < len(h)) for j in range(width)]
         names = self.task_names[:width]

@@ -1,7 +1,8 @@
 """A directly built tiny LLaVA and toy tasks for the cmoe tests (no harness, no images, no stage 0).
 
-Task k draws its prompt and answer tokens from its own id range, so the tasks are clearly separable
-by the base model's last-prompt-token state; batches use the harness's layouts (training: right-padded
+Task k's prompts are random content tokens from its own id range followed by its own fixed
+three-token instruction (as CoIN's per-task instructions), so the tasks are clearly separable by the
+base model's last-prompt-token state; batches use the harness's layouts (training: right-padded
 prompt + answer with labels -100 on the prompt; evaluation: left-padded prompts)."""
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 D, VOCAB, IMAGE, PAD = 32, 64, 63, 0
-RANGES = [(1, 20), (21, 40), (41, 60)]
+RANGES = [(1, 15), (15, 29), (29, 43)]
+INSTRUCTIONS = [[43, 44, 45], [46, 47, 48], [49, 50, 51]]
 RECORDS, BATCH = 24, 6
 
 
@@ -44,16 +46,17 @@ class ToyTask:
 
 
 class ToySplit(Dataset):
-    """``n`` records of task k: prompts of 5-9 tokens, answers of 1-2 tokens, all from range k."""
+    """``n`` records of task k: 2-6 content tokens + the instruction, answers of 1-2 tokens."""
 
     def __init__(self, k: int, n: int = RECORDS, seed: int = 0):
         g = torch.Generator().manual_seed(1000 * k + seed)
         lo, hi = RANGES[k]
         self.items = []
         for i in range(n):
-            p = int(torch.randint(5, 10, (1,), generator=g))
+            p = int(torch.randint(2, 7, (1,), generator=g))
             a = int(torch.randint(1, 3, (1,), generator=g))
-            self.items.append({"prompt_ids": torch.randint(lo, hi, (p,), generator=g).tolist(),
+            prompt = torch.randint(lo, hi, (p,), generator=g).tolist() + INSTRUCTIONS[k]
+            self.items.append({"prompt_ids": prompt,
                                "answer_ids": torch.randint(lo, hi, (a,), generator=g).tolist(), "index": i})
 
     def __len__(self) -> int:

@@ -92,7 +92,11 @@ def test_report_describes_the_current_task_only():
     model = tiny_llava()
     method = attached(model, num_experts="4", rank="8")
     method.begin_task(0, None, None)
+    model.train()                                                     # statistics count training tokens
     model(input_ids=torch.randint(0, 60, (2, 6)))
+    model.eval()
+    model(input_ids=torch.randint(0, 60, (2, 6)))                     # ... and not evaluation's
+    assert method.linears["0.mlp.up_proj"].tokens == 12
     report = method.task_report()
     json.dumps(report)
     assert set(report["router_entropy"]) == {"0", "1", "2", "3"}
