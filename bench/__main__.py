@@ -45,7 +45,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                        task_order_seed=args.task_order_seed, data_root=args.data_root,
                        instructions=args.instructions, limit_train=args.limit_train, limit_test=args.limit_test,
                        model=args.model, method_set=_parse_set(args.set), out=args.out,
-                       mixed_precision=args.mixed_precision, grad_accum=args.grad_accum)
+                       mixed_precision=args.mixed_precision, grad_accum=args.grad_accum,
+                       train_projector=args.train_projector)
     path = run(cfg)
     print(f"record: {path}")
     return 0
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit-test", type=int)
     r.add_argument("--model", help="a local llava-hf checkpoint folder (default: the tiny preset backbone)")
     r.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"])
+    r.add_argument("--train-projector", action="store_true", default=None,
+                   help="also train the vision-language projector in every task (CoIN's LoRA recipe option)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method hyper-parameter")
     r.add_argument("--out", default="results", help="results folder (records go to OUT/runs/)")
     r.set_defaults(func=cmd_run)

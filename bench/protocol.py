@@ -133,6 +133,11 @@ def run(cfg: RunConfig, hooks: Hooks | None = None) -> Path:
         timer.add("evaluation", t)
         return row
 
+    # CoIN's LoRA recipe may also train the projector (--train-projector); frozen by default (spec).
+    projector = list(model.model.multi_modal_projector.parameters()) if cfg.train_projector else []
+    for p in projector:
+        p.requires_grad_(True)
+
     rows = [evaluate_row()]
     parameters, reports, train_log = [], [], []
     stages = [("joint", task_list)] if method.joint_training else [(t.name, [t]) for t in task_list]
@@ -148,7 +153,7 @@ def run(cfg: RunConfig, hooks: Hooks | None = None) -> Path:
         counts = method.parameter_counts()
         evolved = sum(p.numel() for p in method.evolving_parameters())
         hooks.before_train(index, method, model)
-        stats = train_steps(model, method.trainable_parameters(), loader, steps, accelerator=accelerator, lr=cfg.lr,
+        stats = train_steps(model, [*method.trainable_parameters(), *projector], loader, steps, accelerator=accelerator, lr=cfg.lr,
                             warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
                             aux_loss=method.auxiliary_loss, before_forward=method.before_forward,
                             after_step=method.after_optimizer_step, desc=f"{method.name} {stage_name}")

@@ -17,28 +17,7 @@ Because all E experts start as the same FFN and the top-2 weights sum to 1, the 
 computes exactly the dense model until training makes the experts differ (when no token is dropped
 for capacity).
 
-Hyper-parameters (``--set key=value``; defaults are the spec's):
-    num_experts=4              E, MoE-LLaVA's default.
-    top_k=2                    experts per token.
-    aux_loss_coef=0.01         MoE-LLaVA's ``router_aux_loss_coef``; summed over MoE layers.
-    capacity_factor_train=1.5  DeepSpeed ``capacity_factor``; ``none`` = dropless.
-    capacity_factor_eval=2.0   DeepSpeed ``eval_capacity_factor``; ``none`` = dropless.
-    min_capacity=0             DeepSpeed ``min_capacity`` as MoE-LLaVA sets it.
-    second_choice_noise=True   Gumbel noise on the second choice, in training and in evaluation. This
-                               is what DeepSpeed 0.9.5 ``top2gating`` does unconditionally (Part B
-                               section 2 step 2), so the default follows it; evaluation is therefore
-                               stochastic (it draws from the global RNG, which the harness seeds).
-    train_dense_ffns=False     MoE-LLaVA's Stage III selects trainable parameters by substring match
-                               (``gate_proj``, ``up_proj``, ``down_proj``, ``wg``), which also trains
-                               the dense FFNs of the non-MoE layers. Part A (binding) says "trained:
-                               experts + routers", so the default leaves them frozen; ``true``
-                               reproduces the substring quirk.
-    moe_layers="alternate"     which decoder layers become MoE ("alternate", "all" or "0,2").
-    dispatch="fast"            sorted dispatch ("eager" = the reference loop; same result).
-
-[INFERRED] choices: the conversion happens in ``begin_task`` of the first task rather than at attach,
-so row 0 of the accuracy matrix is the dense base model itself; the router uses ``nn.Linear``'s
-default init as MoE-LLaVA's ``wg``.
+Hyper-parameters and inferred choices: see ``MoELLaVA``.
 """
 from __future__ import annotations
 
@@ -78,6 +57,35 @@ class MoELLaVAHParams(MoEHParams):
 
 @register("moe-llava")
 class MoELLaVA(MoEMethod):
+    """MoE-LLaVA's MoE-tuning on the continual stream (module docstring: the routing equations).
+
+    Hyper-parameters (``--set key=value``; defaults are the spec's):
+        num_experts=4              E, MoE-LLaVA's default.
+        top_k=2                    experts per token.
+        aux_loss_coef=0.01         MoE-LLaVA's ``router_aux_loss_coef``; summed over MoE layers.
+        capacity_factor_train=1.5  DeepSpeed ``capacity_factor``; ``none`` = dropless.
+        capacity_factor_eval=2.0   DeepSpeed ``eval_capacity_factor``; ``none`` = dropless.
+        min_capacity=0             DeepSpeed ``min_capacity`` as MoE-LLaVA sets it.
+        second_choice_noise=True   Gumbel noise on the second choice, in training and in evaluation. This
+                                   is what DeepSpeed 0.9.5 ``top2gating`` does unconditionally (Part B
+                                   section 2 step 2), so the default follows it; evaluation is therefore
+                                   stochastic (it draws from the global RNG, which the harness seeds).
+        train_dense_ffns=False     MoE-LLaVA's Stage III selects trainable parameters by substring match
+                                   (``gate_proj``, ``up_proj``, ``down_proj``, ``wg``), which also trains
+                                   the dense FFNs of the non-MoE layers. Part A (binding) says "trained:
+                                   experts + routers", so the default leaves them frozen; ``true``
+                                   reproduces the substring quirk.
+        moe_layers="alternate"     which decoder layers become MoE ("alternate", "all" or "0,2").
+        dispatch="fast"            sorted dispatch ("eager" = the reference loop; same result).
+
+    [INFERRED] choices: the conversion happens in ``begin_task`` of the first task rather than at attach,
+    so row 0 of the accuracy matrix is the dense base model itself; the router uses ``nn.Linear``'s
+    default init as MoE-LLaVA's ``wg``.
+
+    The task report adds, per MoE layer, the fraction of top-k assignments dropped for capacity during
+    the task's training; ``expert_utilisation`` (from ``MoEMethod``) counts the task's training tokens
+    (usage is reset in ``begin_task`` and the report is read before evaluation).
+    """
     HParams = MoELLaVAHParams
 
     def __init__(self, hparams: MoELLaVAHParams | None = None):

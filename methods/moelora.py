@@ -10,22 +10,7 @@ this is the LoRA lower bound with a mixture inside each adapter. It is not an FF
 an ``MoEMethod``: there is no top-k, no capacity, no load-balancing loss, and every expert is active for
 every token (``inactive_parameters_per_token`` = 0).
 
-Hyper-parameters (``--set key=value``):
-    num_experts=8      N, CoIN's ``expert_num``.
-    rank=16            total rank r, split into N experts of r / N = 2 [INFERRED: CoIN uses r = 128 on a
-                       7B model; 16 is seq-ft's rank on the d=128 tiny decoder, so both baselines hold
-                       the same LoRA parameter budget].
-    alpha=32.0         scale alpha / r = 2, as CoIN's 256 / 128.
-    dropout=0.0        LoRA dropout on the experts' input (not the router's), as seq-ft here.
-    lora_init="kaiming"  A's init; B = 0 either way, so the model starts as the base model. CoIN's code
-                       draws A ~ N(0, 0.01) ("normal"); the default follows the project's seq-ft LoRA
-                       (peft's kaiming-uniform), whose A that small barely moves the tiny decoder
-                       within a task's step budget, so the two LoRA baselines stay comparable.
-    targets="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  the wrapped decoder linears.
-
-The task report gives, per wrapped linear, the mean mixing weight of each expert over the task's
-training tokens (``expert_utilisation``) and, per decoder layer, the mean router entropy in nats
-(``router_entropy``; ``router_entropy_uniform`` = log N is the value of uniform mixing).
+Hyper-parameters, inferred choices and the task report: see ``MoELoRA``.
 """
 from __future__ import annotations
 
@@ -64,6 +49,27 @@ class MoELoRAHParams(MethodHParams):
 
 @register("moelora")
 class MoELoRA(ContinualMethod):
+    """CoIN's MoELoRA on every decoder linear (module docstring: the forward).
+
+    Hyper-parameters (``--set key=value``):
+        num_experts=8      N, CoIN's ``expert_num``.
+        rank=16            total rank r, split into N experts of r / N = 2 [INFERRED: CoIN uses r = 128 on a
+                           7B model; 16 is seq-ft's rank on the d=128 tiny decoder, so both baselines hold
+                           the same LoRA parameter budget].
+        alpha=32.0         scale alpha / r = 2, as CoIN's 256 / 128.
+        dropout=0.0        LoRA dropout on the experts' input (not the router's, as in CoIN's forward);
+                           0 as seq-ft here (LLaVA's training script defaults to 0.05).
+        lora_init="kaiming"  A's init; B = 0 either way, so the model starts as the base model. Deviation:
+                           CoIN's code draws A ~ N(0, 0.01) ("normal"). With A that small the tiny decoder
+                           barely moves within a task's step budget, which is why the project's seq-ft
+                           LoRA uses peft's kaiming-uniform; following it keeps the two LoRA baselines
+                           comparable. ``normal`` restores CoIN's init.
+        targets="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  the wrapped decoder linears.
+
+    The task report gives, per wrapped linear, the mean mixing weight of each expert over the task's
+    training tokens (``expert_utilisation``) and, per decoder layer, the mean router entropy in nats
+    (``router_entropy``; ``router_entropy_uniform`` = log N is the value of uniform mixing).
+    """
     HParams = MoELoRAHParams
 
     def __init__(self, hparams: MoELoRAHParams | None = None):

@@ -14,20 +14,7 @@ tasks: per task and MoE layer, K experts of 2 r d parameters and K router rows o
 task's tokens are routed by one softmax over all rows, adding rows redistributes old tokens towards new
 experts ("routing drift"), the failure mode this baseline exists to show.
 
-Hyper-parameters (``--set key=value``; defaults are the spec's or [INFERRED] where it has none):
-    experts_per_task=2     K: the same K and type as LLaVA-CMoE's task-1 experts (N0 = 2, Part A).
-    lora_rank=16           r of every expert [INFERRED: the spec gives no rank; 16 is seq-ft's rank on
-                           the d=128 tiny decoder].
-    lora_alpha=32.0        scale alpha / r = 2, CoIN's alpha = 2r.
-    lora_init="kaiming"    A's init, ``bench.moe.LoRADelta`` (B = 0, so a new expert starts as a no-op
-                           and the model's output at a task's start only moves through routing).
-    train_old_rows=False   Part A freezes old router rows; ``true`` is Part B's "optionally the old
-                           rows" variant (old experts stay frozen either way).
-    top_k=2, aux_loss_coef=0.01, moe_layers="alternate", dispatch="fast" (``MoEHParams``); routing is
-    dropless (the project's default outside MoE-LLaVA).
-
-[INFERRED] choices: new rows use ``nn.Linear``'s default init (a fresh ``W^new``, Part B); the first
-K experts are created in ``begin_task`` of task 1, so row 0 of the accuracy matrix is the dense base.
+Hyper-parameters, inferred choices and the task report: see ``NaiveExpansion``.
 """
 from __future__ import annotations
 
@@ -64,6 +51,26 @@ class NaiveExpansionHParams(MoEHParams):
 
 @register("naive-expansion")
 class NaiveExpansion(MoEMethod):
+    """Naive expansion, N-shared variant (module docstring: the forward and the growth).
+
+    Hyper-parameters (``--set key=value``; defaults are the spec's or [INFERRED] where it has none):
+        experts_per_task=2     K: the same K and type as LLaVA-CMoE's task-1 experts (N0 = 2, Part A).
+        lora_rank=16           r of every expert [INFERRED: the spec gives no rank; 16 is seq-ft's rank on
+                               the d=128 tiny decoder].
+        lora_alpha=32.0        scale alpha / r = 2, CoIN's alpha = 2r.
+        lora_init="kaiming"    A's init, ``bench.moe.LoRADelta`` (B = 0, so a new expert starts as a no-op
+                               and the model's output at a task's start only moves through routing).
+        train_old_rows=False   Part A freezes old router rows; ``true`` is Part B's "optionally the old
+                               rows" variant (old experts stay frozen either way).
+        top_k=2, aux_loss_coef=0.01, moe_layers="alternate", dispatch="fast" (``MoEHParams``); routing is
+        dropless (the project's default outside MoE-LLaVA).
+
+    [INFERRED] choices: new rows use ``nn.Linear``'s default init (a fresh ``W^new``, Part B); the first
+    K experts are created in ``begin_task`` of task 1, so row 0 of the accuracy matrix is the dense base.
+
+    ``expert_utilisation`` (from ``MoEMethod``) counts the task's training tokens: usage is reset in
+    ``begin_task`` and the report is read before evaluation.
+    """
     HParams = NaiveExpansionHParams
 
     def __init__(self, hparams: NaiveExpansionHParams | None = None):

@@ -30,7 +30,7 @@ def dispatch_eager(x: torch.Tensor, experts: ExpertSet, routing: MoEOutput) -> t
         if tok.numel() == 0:
             continue
         y = experts.expert_forward(e, x[tok]) * weights[tok, slot].unsqueeze(1)
-        out.index_add_(0, tok, y)
+        out.index_add_(0, tok, y.to(out.dtype))  # autocast may compute experts in bf16
     return out
 
 
@@ -56,4 +56,5 @@ def dispatch_sorted(x: torch.Tensor, experts: ExpertSet, routing: MoEOutput) -> 
     x_sorted = x.index_select(0, token)
     y_sorted = experts.forward_grouped(x_sorted, counts)
     y_sorted = y_sorted * flat_weight.index_select(0, order).to(y_sorted.dtype).unsqueeze(1)
-    return x.new_zeros(n, experts.d_out).index_add_(0, token, y_sorted)
+    # under autocast the experts may return bf16 while the residual stream is fp32
+    return x.new_zeros(n, experts.d_out).index_add_(0, token, y_sorted.to(x.dtype))

@@ -8,7 +8,8 @@ with N experts of rank r / N each (A_e: r/N x d_in, B_e: d_out x r/N), a per-lin
 runs for every token, no top-k) and the scale alpha / r of the *total* rank r, as CoIN's
 ``scaling = lora_alpha / r``. The experts are a ``LoRAExperts`` set, so the mixing is
 ``LoRAExperts.mix_dense`` (two matmuls for all experts); that set scales by its own ``alpha_e / r_e``,
-which is given ``alpha_e = alpha / N`` so that ``alpha_e / r_e = alpha / r``.
+which is given ``alpha_e = alpha / N`` so that ``alpha_e / r_e = alpha / r``. B_e = 0 at init (the
+wrapper starts as the base linear); A_e is N(0, 0.01) by default as in CoIN (``init="kaiming"``: peft's).
 
 This is not an FFN-level MoE (no ``MoEFFN``): each wrapped linear keeps its own experts and router.
 In training mode the wrapper also keeps running sums of its mixing weights and their entropy

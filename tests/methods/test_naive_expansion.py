@@ -138,7 +138,8 @@ def test_record_shows_linear_growth_and_frozen_old_experts(tiny_config):
     def after(t, method, model):
         snapshots[t] = {n: p.detach().clone() for n, p in model.named_parameters() if ".mlp." in n}
 
-    record = read_record(run(tiny_config(method="naive-expansion", mini_test=8, max_new_tokens=4), Hooks(after_train=after)))
+    cfg = tiny_config(method="naive-expansion", mini_test=8, max_new_tokens=4)
+    record = read_record(run(cfg, Hooks(after_train=after)))
     d = 128  # the tiny preset's text hidden size
     step = increment(K=2, r=16, d=d, layers=2)
     params = record["parameters"]
