@@ -64,7 +64,8 @@ def load_base(cfg: RunConfig, task_list, accelerator) -> tuple[Backbone, dict]:
         return backbone, {"cached": True, "seconds": 0.0, "source": "checkpoint"}
     cache = Path(cfg.cache_dir)
     task_list = _tokenizer_tasks(cfg, task_list)
-    data_key = {"corpus": "templated-conversations-v2", "source": cfg.data_spec().source, "data_root": cfg.data_root, "data_seed": cfg.data_seed,
+    pretrain_source = _pretrain_split(cfg).source  # what stage 0 trains on, generator code included
+    data_key = {"corpus": "templated-conversations-v2", "pretrain": pretrain_source, "source": cfg.data_spec().source, "data_root": cfg.data_root, "data_seed": cfg.data_seed,
                 "mini_train": cfg.mini_train, "instructions": cfg.instructions, "tasks": [t.name for t in task_list],
                 "stage0_data": [cfg.stage0.num_records, cfg.stage0.data_seed, cfg.backbone.image_size]}
     tokenizer, tok_path = load_or_train_tokenizer(cfg.backbone, _tokenizer_corpus(cfg, task_list), data_key, cache)
@@ -73,9 +74,10 @@ def load_base(cfg: RunConfig, task_list, accelerator) -> tuple[Backbone, dict]:
     desc = describe(cfg.backbone, config, tokenizer_hash)
     backbone = Backbone(model=model, tokenizer=tokenizer, image_processor=tiny_image_processor(cfg.backbone),
                         num_image_tokens=config.image_seq_length, description=desc)
-    key = stable_hash({"backbone": desc["config_hash"], "stage0": cfg.stage0.__dict__, "version": 1})
+    key = stable_hash({"backbone": desc["config_hash"], "stage0": cfg.stage0.__dict__, "data": pretrain_source,
+                       "version": 1})
     path = cache / "stage0" / f"{key}.safetensors"
-    info = {"key": key, "path": str(path), "recipe": dict(cfg.stage0.__dict__)}
+    info = {"key": key, "path": str(path), "recipe": dict(cfg.stage0.__dict__), "data": pretrain_source}
     if path.exists():
         model.load_state_dict(load_file(str(path)), strict=True)
         info.update(cached=True, seconds=0.0, **json.loads(path.with_suffix(".json").read_text()))

@@ -58,7 +58,7 @@ def train_steps(model: nn.Module, params: Iterable[nn.Parameter], loader, steps:
                 before_forward: Callable[[dict, str], None] = lambda b, p: None,
                 after_step: Callable[[], None] = lambda: None,
                 desc: str = "train", log_every: int = 25) -> TrainStats:
-    params = [p for p in params if p.requires_grad]
+    params = list({id(p): p for p in params if p.requires_grad}.values())  # unique, order kept
     if not params:
         raise RuntimeError(f"{desc}: the method exposes no trainable parameters")
     n_trained = sum(p.numel() for p in params)

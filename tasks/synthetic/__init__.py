@@ -26,7 +26,7 @@ from tasks.synthetic.draw import png_bytes, render
 from tasks.synthetic.layout import Sample
 
 # Bump whenever a generator's output changes: it names the data in TaskSplit.source and run records.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: the stage-0 caption mix gained text-only copying records
 TEST_BUCKETS = 8  # 1 in 8 content hashes belongs to test, the other 7 to train
 
 Generator = Callable[[random.Random, int], Sample]
@@ -99,7 +99,8 @@ def build_split(task: str, split: str, generate: Generator, prompt_of: Callable[
     if limit is not None and limit < len(ds):
         picker = random.Random(f"coin-mini-limit/seed={seed}/{task}/{split}")
         ds = ds.select(sorted(picker.sample(range(len(ds)), limit)))
-    source = {"kind": "coin-mini", "data_seed": seed, "generator_version": GENERATOR_VERSION, "n": len(ds),
+    source = {"kind": "coin-mini", "data_seed": seed, "generator_version": GENERATOR_VERSION,
+              "code_digest": _code_digest(), "n": len(ds),
               "generated": n, "image_size": image_size}
     return TaskSplit(task, split, ds, source)
 

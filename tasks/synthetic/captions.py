@@ -91,12 +91,39 @@ def _degraded(rng: random.Random) -> tuple[str, Scene]:
     return f"{article(kind)} {kind} photo of {subject}", Scene(background(rng), (item,), **effects)
 
 
-_KINDS = {"objects": (_objects, 0.45), "count": (_count, 0.15), "single": (_single, 0.1), "text": (_text, 0.15),
-          "book": (_book, 0.08), "degraded": (_degraded, 0.07)}
+ECHO_INSTRUCTION = "Repeat the text exactly."
+
+
+def _echo_piece(rng: random.Random) -> str:
+    kind = rng.random()
+    if kind < 0.2:
+        return rng.choice("ABCDE")
+    if kind < 0.35:
+        return str(rng.randint(0, 12))
+    if kind < 0.5:
+        return "[" + ", ".join(f"{rng.random():.2f}" for _ in range(4)) + "]"
+    word = rng.choice(WORDS + COLOURS + SHAPES + AUTHORS + tuple(GENRES) + NUMBER_WORDS + ("yes", "no", "unanswerable"))
+    return word.capitalize() if rng.random() < 0.3 else word
+
+
+def _echo(rng: random.Random) -> Sample:
+    """Text-only copying: the base model has then produced every kind of answer token (option letters,
+    digits, box strings, capitalised words) at least once, the way a pretrained LLM has. Without it the
+    output rows of tokens such as " A" are only ever pushed down in stage 0, and a LoRA on the decoder
+    cannot lift them within a task's budget. It copies strings; it maps no question to an answer."""
+    text = " ".join(_echo_piece(rng) for _ in range(rng.randint(1, 3)))
+    return Sample(text + "\n" + ECHO_INSTRUCTION, text, None)
+
+
+_KINDS = {"objects": (_objects, 0.40), "count": (_count, 0.13), "single": (_single, 0.09), "text": (_text, 0.13),
+          "book": (_book, 0.07), "degraded": (_degraded, 0.06)}
+ECHO_FRACTION = 0.12
 
 
 def generate(rng: random.Random, size: int) -> Sample:
-    """One caption record; ``question`` is the whole (single-line) prompt."""
+    """One caption record; ``question`` is the whole prompt."""
+    if rng.random() < ECHO_FRACTION:
+        return _echo(rng)
     make = _KINDS[weighted(rng, {k: w for k, (_, w) in _KINDS.items()})][0]
     caption, scene = make(rng)
     return Sample(rng.choice(INSTRUCTIONS), caption, scene)
