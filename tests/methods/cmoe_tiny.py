@@ -11,7 +11,8 @@ from typing import Any, Callable, Sequence
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
+from micro_llava import micro_llava  # tests/ is on sys.path through its conftest.py
 
 D, VOCAB, IMAGE, PAD = 32, 64, 63, 0
 RANGES = [(1, 15), (15, 29), (29, 43)]
@@ -30,14 +31,7 @@ def one_thread():
 
 
 def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
-    torch.manual_seed(seed)
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, image_size=28, patch_size=14),
-        text_config=LlamaConfig(hidden_size=D, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
-                                num_key_value_heads=2, vocab_size=VOCAB),
-        image_token_id=IMAGE)
-    return LlavaForConditionalGeneration(cfg).eval()
+    return micro_llava(seed, d=D, intermediate=64, vocab=VOCAB, image_token_id=IMAGE)
 
 
 class ToyTask:

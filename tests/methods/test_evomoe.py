@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
 import methods
 from bench.moe import FFNExperts, HyperRouter, LinearRouter, SwiGLUExpert
@@ -16,6 +16,7 @@ from bench.protocol import Hooks, run
 from bench.records import read_record
 from bench.trainer import train_steps
 from methods.base import MethodContext
+from micro_llava import micro_llava  # tests/ is on sys.path through its conftest.py
 
 D, IMG, STEPS = 16, 63, 4
 RANGES = [(0.90, 0.99), (0.80, 0.89), (0.70, 0.79)]
@@ -38,14 +39,7 @@ def accelerator():
 
 
 def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
-    torch.manual_seed(seed)
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, image_size=28, patch_size=14),
-        text_config=LlamaConfig(hidden_size=D, intermediate_size=40, num_hidden_layers=4,
-                                num_attention_heads=2, num_key_value_heads=2, vocab_size=64),
-        image_token_id=IMG)
-    return LlavaForConditionalGeneration(cfg).eval()
+    return micro_llava(seed, d=D, image_token_id=IMG)
 
 
 def batches(n: int, seed: int = 0, B: int = 2) -> list[dict[str, torch.Tensor]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
 from bench.moe import LoRAExperts, decoder_layers
 from bench.protocol import Hooks, run
@@ -13,19 +13,13 @@ from bench.records import read_record
 from methods import hparams_for
 from methods.base import MethodContext
 from methods.naive_expansion import NaiveExpansion
+from micro_llava import micro_llava  # tests/ is on sys.path through its conftest.py
 
 D = 16
 
 
 def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
-    torch.manual_seed(seed)
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, image_size=28, patch_size=14),
-        text_config=LlamaConfig(hidden_size=D, intermediate_size=40, num_hidden_layers=4,
-                                num_attention_heads=2, num_key_value_heads=2, vocab_size=64),
-        image_token_id=63)
-    return LlavaForConditionalGeneration(cfg).eval()
+    return micro_llava(seed, d=D)
 
 
 def attached(model, **overrides) -> NaiveExpansion:

@@ -1,9 +1,10 @@
 """The MoE layer: LoRA residual-base mode, per-sample routers, installation into a tiny LLaVA."""
 import pytest
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
 from bench.moe import (FFNExperts, LinearRouter, LoRAExperts, MoEFFN, SwiGLUExpert, collect_aux_loss,
+from micro_llava import micro_llava  # tests/ is on sys.path through its conftest.py
                        decoder_layers, install_moe, moe_layers_of, select_moe_layers)
 
 D = 16
@@ -69,14 +70,7 @@ def test_select_moe_layers():
 
 
 def tiny_llava() -> LlavaForConditionalGeneration:
-    torch.manual_seed(0)
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, image_size=28, patch_size=14),
-        text_config=LlamaConfig(hidden_size=D, intermediate_size=40, num_hidden_layers=4,
-                                num_attention_heads=2, num_key_value_heads=2, vocab_size=64),
-        image_token_id=63)
-    return LlavaForConditionalGeneration(cfg).eval()
+    return micro_llava(0, d=D)
 
 
 def test_ffn_copies_with_renormalised_top2_reproduce_the_dense_llava():
