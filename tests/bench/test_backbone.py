@@ -10,7 +10,7 @@ from bench.config import BackboneSpec
 def _tiny_backbone() -> Backbone:
     corpus = [f"USER:\nWhat colour is the {s}?\nAnswer briefly. ASSISTANT: {c}" for s in ("circle", "star")
               for c in ("red", "blue", "green")] * 5
-    tok = train_tokenizer(corpus, vocab_size=300)
+    tok = train_tokenizer(corpus, vocab_size=400)
     spec = BackboneSpec(vision_hidden=32, vision_layers=1, text_hidden=32, text_intermediate=64, text_layers=2,
                         text_heads=2, vision_heads=2)
     model, config = build_tiny(spec, tok, seed=0)

@@ -16,7 +16,7 @@ import pytest
 import tasks
 from tasks.base import DataSpec
 from tasks.synthetic import GENERATORS, draw
-from tasks.synthetic.captions import pretrain_records
+from tasks.synthetic.captions import ECHO_INSTRUCTION, pretrain_records
 from tasks.synthetic.layout import cell_box
 from tasks.synthetic.grounding import box_string
 
@@ -162,6 +162,7 @@ def test_second_load_does_not_render(tmp_path):
     assert len(ids) == 5 and ids == sorted(ids) and set(ids) < {r.question_id for r in first}
     assert ids == [r.question_id for r in task.load("train", DataSpec(mini_train=12, limit_train=5, cache_dir=str(tmp_path)))]
     assert limited.source == {"kind": "coin-mini", "data_seed": 0, "generator_version": limited.source["generator_version"],
+                              "code_digest": limited.source["code_digest"],
                               "n": 5, "generated": 12, "image_size": 64}
 
 
@@ -174,7 +175,11 @@ def test_pretrain_captions(tmp_path):
     split = pretrain_records(60, seed=0, image_size=64, cache_dir=str(tmp_path))
     assert (split.task, split.split, len(split)) == ("pretrain", "train", 60)
     prompts, answers = split.texts()
-    assert all("\n" not in p for p in prompts)
+    # captions are single-line prompts; the text-only copying records end with their instruction line
+    echo = [i for i, p in enumerate(prompts) if "\n" in p]
+    assert all(prompts[i].endswith("\n" + ECHO_INSTRUCTION) and split[i].image is None for i in echo)
+    assert all(prompts[i].split("\n")[0] == answers[i] for i in echo)
+    assert 0 < len(echo) < 20
     text = " ".join(answers)
     for word in ("red", "circle", "small", "large", "top left", 'the word "'):
         assert word in text

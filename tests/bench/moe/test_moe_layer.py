@@ -3,8 +3,9 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
-from bench.moe import (FFNExperts, LinearRouter, LoRAExperts, MoEFFN, SwiGLUExpert, collect_aux_loss,
 from micro_llava import micro_llava  # tests/ is on sys.path through its conftest.py
+
+from bench.moe import (FFNExperts, LinearRouter, LoRAExperts, MoEFFN, SwiGLUExpert, collect_aux_loss,
                        decoder_layers, install_moe, moe_layers_of, select_moe_layers)
 
 D = 16
