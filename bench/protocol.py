@@ -153,8 +153,8 @@ def run(cfg: RunConfig, hooks: Hooks | None = None) -> Path:
         counts = method.parameter_counts()
         evolved = sum(p.numel() for p in method.evolving_parameters())
         hooks.before_train(index, method, model)
-        stats = train_steps(model, [*method.trainable_parameters(), *projector], loader, steps, accelerator=accelerator, lr=cfg.lr,
-                            warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+        stats = train_steps(model, [*method.trainable_parameters(), *projector], loader, steps,
+                            accelerator=accelerator, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
                             aux_loss=method.auxiliary_loss, before_forward=method.before_forward,
                             after_step=method.after_optimizer_step, desc=f"{method.name} {stage_name}")
         timer.seconds["training"] = timer.seconds.get("training", 0.0) + stats.seconds

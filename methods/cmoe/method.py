@@ -24,7 +24,7 @@ Hyper-parameters (``--set key=value``; defaults are the spec's; [INFERRED] = no 
                             routers); the copy source is still the expert R^{t-1} uses most on the
                             probe subset (one measuring pass, no probe), so only layer choice differs.
     probe_data_fraction=0.1, probe_step_fraction=0.1   probe subset / steps (>= 1 record, >= 1 step).
-    probe_lr=None           [INFERRED] None = the run's task lr (``ctx.extra["lr"]``, 3e-3 if absent).
+    probe_lr=None           [INFERRED] None = the run's task lr (``ctx.extra["lr"]``, 1e-3 if absent).
     threshold_reading="A"   A: mean/std over layers' probe frequencies; B: over the layer's experts
                             (old + probe). Population std [INFERRED]; expand iff f > theta (strict,
                             up to a 1e-9 rounding tolerance).
@@ -65,7 +65,7 @@ from methods.moe_base import MoEHParams, MoEMethod
 
 log = logging.getLogger(__name__)
 
-FALLBACK_LR = 3e-3  # the tiny preset's task lr, used for probes when the harness passes no lr
+FALLBACK_LR = 1e-3  # the tiny preset's task lr, used for probes when the harness passes no lr
 STATE_VERSION = 1
 
 
