@@ -24,6 +24,7 @@ experts, dense mixing) is served by the same ``LoRAExperts`` set built per linea
 """
 from __future__ import annotations
 
+import abc
 import copy
 import math
 from typing import Iterable, Literal
@@ -113,7 +114,7 @@ def _fusable(expert: nn.Module) -> bool:
 # --------------------------------------------------------------------------------------------------
 # expert sets
 # --------------------------------------------------------------------------------------------------
-class ExpertSet(nn.Module):
+class ExpertSet(nn.Module, abc.ABC):
     """An ordered, growable list of experts (one ``nn.Module`` each in ``self.experts``).
 
     Subclasses define ``_new_expert()``. Expert ids are positions in the list; appending never touches
@@ -155,8 +156,9 @@ class ExpertSet(nn.Module):
         return None
 
     # --- growth -----------------------------------------------------------------------------------
+    @abc.abstractmethod
     def _new_expert(self) -> nn.Module:
-        raise NotImplementedError
+        """A fresh expert of this set's kind (each concrete set defines its own init)."""
 
     def append(self, n: int = 1, copy_from: int | None = None) -> list[int]:
         """Append ``n`` experts, fresh or copies of expert ``copy_from``; returns their ids.
