@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,list,score,export}``.
+"""Command line: ``python -m bench {run,list,leaderboard,score,export}``.
 
 Every user error (unknown name, bad value, malformed data, unwritable folder) is printed as one
 paragraph on stderr with exit code 2; nothing is written in that case.
@@ -76,6 +76,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench.leaderboard import generate
+
+    res = generate(Path(args.runs), Path(args.out), plots=not args.no_plots)
+    print(f"{res['records']} record(s) in {len(res['groups'])} group(s)")
+    for gkey, rows in res["groups"]:
+        print(f"  {' / '.join(str(k) for k in gkey)}: {', '.join(row.label for row in rows)}")
+    print(f"wrote {res['markdown']}, {res['csv']} and {len(res['plots'])} plot(s) under {Path(args.out) / 'plots'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description="continual-moe-bench: continual MoE methods on CoIN")
     sub = p.add_subparsers(dest="command", required=True)
@@ -105,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list methods, tasks, suites and presets")
     ls.set_defaults(func=cmd_list)
+
+    lb = sub.add_parser("leaderboard", help="render results/runs/*.json into LEADERBOARD.md, leaderboard.csv and plots")
+    lb.add_argument("--runs", default="results/runs", help="folder of run records")
+    lb.add_argument("--out", default="results", help="where LEADERBOARD.md, leaderboard.csv and plots/ go")
+    lb.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    lb.set_defaults(func=cmd_leaderboard)
 
     sc = sub.add_parser("score", help="score a CoIN prediction JSONL as the official scripts do", add_help=False)
     sc.set_defaults(func=lambda a: __import__("tasks.score_cli", fromlist=["main"]).main(a.rest))
