@@ -389,23 +389,32 @@ def score_textvqa(predictions: Sequence[str | None], references: Sequence[dict[s
                    single_answer_fallback=fallback)
 
 
+def _score_each(task: str, predictions: Sequence[str | None], references: Sequence[dict[str, Any]], mode: str,
+                official: Callable[[str, Any], float], clean: Callable[[str, Any, int, dict[str, Any]], float],
+                reference: Callable[[str, int, dict[str, Any]], Any] = _answer) -> ScoreResult:
+    """The per-sample loop shared by the scorers whose accuracy is right / total: ``reference`` reads
+    (and validates, even when the prediction is missing) what the rule compares against; a missing
+    prediction is wrong; ``official`` or ``clean`` scores the rest."""
+    per_sample = []
+    for i, (pred, ref) in enumerate(zip(predictions, references)):
+        target = reference(task, i, ref)
+        if pred is None:
+            per_sample.append(0.0)
+        elif mode == "official":
+            per_sample.append(float(official(pred, target)))
+        else:
+            per_sample.append(float(clean(pred, target, i, ref)))
+    n = len(per_sample)
+    return _result(task, mode, per_sample, n, _pct_right_over_total(sum(per_sample), n), _count_missing(predictions))
+
+
 def score_imagenet(predictions: Sequence[str | None], references: Sequence[dict[str, Any]],
                    mode: str = "official") -> ScoreResult:
     """Class-name accuracy (``eval_ImagetNet.py``). Alignment is by list position, which the caller
     guarantees; official rule is the substring test either way, clean rule normalised exact match."""
-    per_sample = []
-    for i, (pred, ref) in enumerate(zip(predictions, references)):
-        answer = _answer("imagenet", i, ref)
-        if pred is None:
-            ok = False
-        elif mode == "official":
-            ok = imagenet_match_official(pred, answer)
-        else:
-            ok = clean_normalize(pred) != "" and clean_normalize(pred) == clean_normalize(answer)
-        per_sample.append(float(ok))
-    n = len(per_sample)
-    return _result("imagenet", mode, per_sample, n, _pct_right_over_total(sum(per_sample), n),
-                   _count_missing(predictions))
+    return _score_each("imagenet", predictions, references, mode, imagenet_match_official,
+                       lambda pred, answer, i, ref: clean_normalize(pred) != ""
+                       and clean_normalize(pred) == clean_normalize(answer))
 
 
 def _gqa_avg_pct(values: Sequence[float]) -> float:
@@ -461,17 +470,8 @@ def _score_case_insensitive(task: str, predictions: Sequence[str | None], refere
                             mode: str) -> ScoreResult:
     """``eval_vizwiz.py`` / ``eval_vqav2.py``: ``pred.upper() == answer.upper()`` against the single
     CoIN answer; no VQA soft score, no normalisation."""
-    per_sample = []
-    for i, (pred, ref) in enumerate(zip(predictions, references)):
-        answer = _answer(task, i, ref)
-        if pred is None:
-            per_sample.append(0.0)
-        elif mode == "official":
-            per_sample.append(float(pred.upper() == answer.upper()))
-        else:
-            per_sample.append(_exact_or_soft_clean(task, i, pred, ref))
-    n = len(per_sample)
-    return _result(task, mode, per_sample, n, _pct_right_over_total(sum(per_sample), n), _count_missing(predictions))
+    return _score_each(task, predictions, references, mode, lambda pred, answer: pred.upper() == answer.upper(),
+                       lambda pred, answer, i, ref: _exact_or_soft_clean(task, i, pred, ref))
 
 
 def score_vizwiz(predictions: Sequence[str | None], references: Sequence[dict[str, Any]],
@@ -486,46 +486,30 @@ def score_vqav2(predictions: Sequence[str | None], references: Sequence[dict[str
     return _score_case_insensitive("vqav2", predictions, references, mode)
 
 
+def _grounding_reference(task: str, i: int, ref: dict[str, Any]) -> tuple[list[float], list[float]]:
+    box_text = _answer(task, i, ref)
+    try:
+        gt_box = parse_box_string(box_text)
+    except ValueError:
+        raise _ref_error(task, i, ref, "answer", f"is not a box of four numbers: {box_text!r}") from None
+    return gt_box, _size(task, i, ref)
+
+
 def score_grounding(predictions: Sequence[str | None], references: Sequence[dict[str, Any]],
                     mode: str = "official") -> ScoreResult:
     """Box accuracy at IoU > 0.5 (``eval_grounding.py``)."""
-    per_sample = []
-    for i, (pred, ref) in enumerate(zip(predictions, references)):
-        box_text = _answer("grounding", i, ref)
-        try:
-            gt_box = parse_box_string(box_text)
-        except ValueError:
-            raise _ref_error("grounding", i, ref, "answer", f"is not a box of four numbers: {box_text!r}") from None
-        size = _size("grounding", i, ref)
-        if pred is None:
-            ok = False
-        elif mode == "official":
-            ok = grounding_correct_official(pred, gt_box, size)
-        else:
-            ok = grounding_correct_clean(pred, gt_box)
-        per_sample.append(float(ok))
-    n = len(per_sample)
-    return _result("grounding", mode, per_sample, n, _pct_right_over_total(sum(per_sample), n),
-                   _count_missing(predictions))
+    return _score_each("grounding", predictions, references, mode,
+                       lambda pred, target: grounding_correct_official(pred, *target),
+                       lambda pred, target, i, ref: grounding_correct_clean(pred, target[0]),
+                       reference=_grounding_reference)
 
 
 def score_ocrvqa(predictions: Sequence[str | None], references: Sequence[dict[str, Any]],
                  mode: str = "official") -> ScoreResult:
     """OCR-VQA: case-insensitive exact match, "Unanswerable" predictions wrong (``eval_ocrvqa.py``).
     The script's printed "Samples: 0" is a display bug only; the accuracy uses all predictions."""
-    per_sample = []
-    for i, (pred, ref) in enumerate(zip(predictions, references)):
-        answer = _answer("ocrvqa", i, ref)
-        if pred is None:
-            ok = False
-        elif mode == "official":
-            ok = ocrvqa_match_official(pred, answer)
-        else:
-            ok = clean_normalize(pred) == clean_normalize(answer)
-        per_sample.append(float(ok))
-    n = len(per_sample)
-    return _result("ocrvqa", mode, per_sample, n, _pct_right_over_total(sum(per_sample), n),
-                   _count_missing(predictions))
+    return _score_each("ocrvqa", predictions, references, mode, ocrvqa_match_official,
+                       lambda pred, answer, i, ref: clean_normalize(pred) == clean_normalize(answer))
 
 
 def _count_missing(predictions: Sequence[str | None]) -> int:
