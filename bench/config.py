@@ -84,6 +84,9 @@ class RunConfig:
     mini_test: int = 200
     # method hyper-parameters (--set key=value), validated against the method's dataclass
     method_set: dict[str, str] = field(default_factory=dict)
+    # lm-eval tasks evaluated after row 0 and after every task (--track lmeval:TASK; bench/lmeval_eval.py)
+    track: list[str] = field(default_factory=list)
+    lmeval_include: list[str] = field(default_factory=list)  # extra lm-eval task folders (--lmeval-include)
     # where things go
     out: str = "results"
     cache_dir: str = field(default_factory=lambda: default_cache_dir())
@@ -112,6 +115,12 @@ class RunConfig:
         if self.data_root is not None and not Path(self.data_root).is_dir():
             raise ConfigError(f"--data-root {self.data_root!r} is not a directory. Give the folder that holds "
                               "Instructions_<Variant>/ and cl_dataset/ (the CoIN layout), or omit it to use coin-mini.")
+        for item in self.track:
+            if not item.startswith("lmeval:") or not item[len("lmeval:"):]:
+                raise ConfigError(f"--track expects lmeval:TASK (an lm-eval task or group name), got {item!r}.")
+        for folder in self.lmeval_include:
+            if not Path(folder).is_dir():
+                raise ConfigError(f"--lmeval-include {folder!r} is not a directory of lm-eval task configs.")
         if self.backbone.model_path is not None and not Path(self.backbone.model_path).is_dir():
             raise ConfigError(f"--model {self.backbone.model_path!r} is not a directory holding a local llava-hf "
                               "checkpoint (config.json, weights, processor files). Nothing is downloaded here.")
@@ -121,6 +130,23 @@ class RunConfig:
         d.pop("cache_dir")  # machine-local, not part of what a run means
         d.pop("out")
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **machine: Any) -> "RunConfig":
+        """Inverse of ``to_dict`` (a run's config.json, bench/checkpoint.py); ``machine`` gives the
+        machine-local fields ``to_dict`` leaves out (``out``, ``cache_dir``). Unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"saved run config has unknown settings {', '.join(unknown)}; "
+                              "it was written by a different version of continual-moe-bench.")
+        values = dict(d)
+        values["backbone"] = BackboneSpec(**values.get("backbone", {}))
+        values["stage0"] = Stage0Spec(**values.get("stage0", {}))
+        values.update({k: v for k, v in machine.items() if v is not None})
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
 
     def data_spec(self):
         from tasks import DataSpec

@@ -77,9 +77,13 @@ def train_loader(backbone: Backbone, encoded: EncodedSplit, batch_size: int, see
                       generator=gen, collate_fn=Collator(backbone, train=True))
 
 
-def eval_loader(backbone: Backbone, encoded: EncodedSplit, batch_size: int) -> DataLoader:
+def eval_loader(backbone: Backbone, encoded: EncodedSplit, batch_size: int,
+                indices: Sequence[int] | None = None) -> DataLoader:
+    """Left-padded prompt batches over ``indices`` (default: every record; a rank's shard when the
+    evaluation is sharded). Batches carry each record's index in ``encoded``."""
     # Sort by prompt length so a batch wastes little padding; predictions are put back in order.
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded.prompt_ids[i]))
+    pool = range(len(encoded)) if indices is None else indices
+    order = sorted(pool, key=lambda i: len(encoded.prompt_ids[i]))
     subset = torch.utils.data.Subset(encoded, order)
     return DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=Collator(backbone, train=False))
 

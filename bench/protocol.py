@@ -21,7 +21,7 @@ import torch
 
 import methods
 import tasks as task_registry
-from bench import records
+from bench import checkpoint, records
 from bench.config import RunConfig
 from bench.data import ConcatEncoded, EncodedSplit, encode_split, eval_loader, train_loader
 from bench.metrics import summarize
@@ -68,14 +68,21 @@ def ordered_tasks(cfg: RunConfig) -> list:
 
 def evaluate_all(model, method, backbone, test_sets: dict[str, tuple[Any, EncodedSplit]], cfg: RunConfig,
                  accelerator) -> dict[str, dict[str, Any]]:
-    """Greedy answers for every test record of every task, scored by the task's official rule."""
+    """Greedy answers for every test record of every task, scored by the task's official rule.
+
+    With several processes each rank decodes its own shard of every test set and the predictions are
+    gathered on every rank before scoring, so all ranks score the same full set (issue 9 item 5)."""
     out = {}
     for index, (name, (task, encoded)) in enumerate(test_sets.items()):
-        loader = eval_loader(backbone, encoded, cfg.eval_batch_size)
+        loader = eval_loader(backbone, encoded, cfg.eval_batch_size, indices=_shard(len(encoded), accelerator))
         if method.oracle:  # upper-bound ablations only; the record marks them (oracle_task_id)
             method.set_eval_task(index)
         ids = generate(model, loader, eos_id=backbone.eos_id, max_new_tokens=cfg.max_new_tokens,
                        accelerator=accelerator, before_forward=method.before_forward)
+        if accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            ids = {i: seq for part in gather_object([ids]) for i, seq in part.items()}
         if method.oracle:
             method.set_eval_task(None)
         predictions = [backbone.decode(ids[i]) for i in range(len(encoded))]
@@ -87,8 +94,57 @@ def evaluate_all(model, method, backbone, test_sets: dict[str, tuple[Any, Encode
     return out
 
 
-def run(cfg: RunConfig, hooks: Hooks | None = None) -> Path:
-    """Run one method through the task sequence and write its record; returns the record's path."""
+def encode_test_sets(cfg: RunConfig, task_list: list, backbone) -> dict[str, tuple[Any, EncodedSplit]]:
+    """The test split of every task, encoded for ``evaluate_all`` (the same data a run evaluates on)."""
+    spec = cfg.data_spec()
+    return {t.name: (t, encode_split(backbone, t.load("test", spec))) for t in task_list}
+
+
+def _shard(n: int, accelerator) -> list[int] | None:
+    """This rank's record indices of an n-record test set (None = all, single process)."""
+    if accelerator.num_processes == 1:
+        return None
+    with accelerator.split_between_processes(list(range(n))) as part:
+        return list(part)
+
+
+def attach_method(cfg: RunConfig, backbone, model, task_list: list, accelerator, method=None):
+    """Build (unless given) the configured method and attach it to the stage-0 model; switch on the
+    projector when the config trains it. Shared by ``run`` and ``bench.checkpoint.load_after_task``.
+    Returns (method, projector parameters)."""
+    from methods.base import MethodContext
+
+    method = method if method is not None else methods.build(cfg.method, cfg.method_set)
+    ctx = MethodContext(num_tasks=len(task_list), steps_per_task=cfg.steps_per_task, device=accelerator.device,
+                        image_token_id=backbone.image_token_id, run_seed=cfg.seed,
+                        extra={"accelerator": accelerator, "lr": cfg.lr})
+    method.attach(model, ctx)
+    # CoIN's LoRA recipe may also train the projector (--train-projector); frozen by default (spec).
+    projector = list(model.model.multi_modal_projector.parameters()) if cfg.train_projector else []
+    for p in projector:
+        p.requires_grad_(True)
+    return method, projector
+
+
+def _resume_point(run_dir: Path, out_dir: Path) -> checkpoint.TaskCheckpoint:
+    """The last finished task's checkpoint of an interrupted run (issue 9 item 1)."""
+    record = out_dir / "runs" / f"{run_dir.name}.json"
+    if record.exists():
+        raise checkpoint.CheckpointError(f"run {run_dir.name} already finished: its record is {record}; "
+                                         "nothing to resume.")
+    done = checkpoint.finished_tasks(run_dir)
+    if not done:
+        raise checkpoint.CheckpointError(f"{run_dir} holds no finished task to resume from; start the run again.")
+    return checkpoint.load_task_checkpoint(run_dir, done[-1])
+
+
+def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None = None) -> Path:
+    """Run one method through the task sequence and write its record; returns the record's path.
+
+    After every stage k the run directory ``<out>/runs/<run_id>/`` gets ``task-<k:02d>/`` (method
+    tensors + state + record pieces, ``bench.checkpoint``). ``resume`` = such a run directory: the run
+    continues after its last finished stage with the RNG state it had there, so the final record
+    equals an uninterrupted run's (``cfg`` must be that run's config, ``checkpoint.read_run_config``)."""
     from accelerate.utils import set_seed
 
     hooks = hooks or Hooks()
@@ -98,6 +154,11 @@ def run(cfg: RunConfig, hooks: Hooks | None = None) -> Path:
     method = methods.build(cfg.method, cfg.method_set)  # bad names / --set values fail before any work
     out_dir = Path(cfg.out)
     _check_writable(out_dir / "runs")
+    # The run id is fixed at the start: it names the run directory the checkpoints go to. The
+    # directory itself appears with the first finished task, so a run that fails before leaves nothing.
+    run_id = Path(resume).name if resume else records.new_run_id(method.name, cfg.seed)
+    run_dir = checkpoint.run_dir_for(out_dir, run_id)
+    resumed = _resume_point(run_dir, out_dir) if resume else None
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
 
@@ -120,12 +181,8 @@ def run(cfg: RunConfig, hooks: Hooks | None = None) -> Path:
         sources[task.name] = {"train": train_split.source, "test": test_split.source}
     timer.add("data", t0)
 
-    from methods.base import MethodContext
-
-    ctx = MethodContext(num_tasks=len(task_list), steps_per_task=cfg.steps_per_task, device=accelerator.device,
-                        image_token_id=backbone.image_token_id, run_seed=cfg.seed,
-                        extra={"accelerator": accelerator, "lr": cfg.lr})
-    method.attach(model, ctx)
+    method, projector = attach_method(cfg, backbone, model, task_list, accelerator, method)
+    base = checkpoint.base_identity(backbone, stage0)
 
     def evaluate_row() -> dict[str, dict[str, Any]]:
         t = time.perf_counter()
@@ -133,15 +190,25 @@ def run(cfg: RunConfig, hooks: Hooks | None = None) -> Path:
         timer.add("evaluation", t)
         return row
 
-    # CoIN's LoRA recipe may also train the projector (--train-projector); frozen by default (spec).
-    projector = list(model.model.multi_modal_projector.parameters()) if cfg.train_projector else []
-    for p in projector:
-        p.requires_grad_(True)
-
-    rows = [evaluate_row()]
-    parameters, reports, train_log = [], [], []
     stages = [("joint", task_list)] if method.joint_training else [(t.name, [t]) for t in task_list]
+    if resumed is None:
+        rows = [evaluate_row()]
+        parameters, reports, train_log = [], [], []
+        start = 0
+    else:
+        checkpoint.check_base(resumed, base)
+        checkpoint.restore_method(method, resumed)
+        progress = resumed.state["progress"]
+        rows, parameters = progress["rows"], progress["parameters"]
+        reports, train_log = progress["method_reports"], progress["training"]
+        for phase, seconds in progress["wall_time"].items():
+            timer.seconds[phase] = timer.seconds.get(phase, 0.0) + seconds
+        wall_start -= progress["elapsed"]
+        start = resumed.index + 1
+        checkpoint.set_rng_state(resumed.state["rng"])  # last: nothing above may draw after this
     for index, (stage_name, stage_tasks) in enumerate(stages):
+        if index < start:
+            continue
         encoded = train_sets[stage_name] if len(stage_tasks) == 1 and not method.joint_training else \
             ConcatEncoded([train_sets[t.name] for t in stage_tasks])
         loader = train_loader(backbone, encoded, cfg.batch_size, seed=cfg.seed * 1000 + index)
@@ -153,6 +220,7 @@ def run(cfg: RunConfig, hooks: Hooks | None = None) -> Path:
         counts = method.parameter_counts()
         evolved = sum(p.numel() for p in method.evolving_parameters())
         hooks.before_train(index, method, model)
+        method.note_trained([*method.trainable_parameters(), *method.evolving_parameters(), *projector])
         stats = train_steps(model, [*method.trainable_parameters(), *projector], loader, steps,
                             accelerator=accelerator, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
                             aux_loss=method.auxiliary_loss, before_forward=method.before_forward,
@@ -168,17 +236,27 @@ def run(cfg: RunConfig, hooks: Hooks | None = None) -> Path:
         reports.append({"after": stage_name, **method.task_report()})
         train_log.append({"after": stage_name, "steps": stats.steps, "seconds": round(stats.seconds, 3),
                           "loss_curve": stats.loss_curve})
+        rng_before_eval = checkpoint.rng_state()
         rows.append(evaluate_row())
         if accelerator.is_main_process:
             accs = " ".join(f"{n}={rows[-1][n]['accuracy']:.1f}" for n in test_sets)
             print(f"[{method.name}] after {stage_name}: {accs}", flush=True)
+            progress = {"rows": rows, "parameters": parameters, "method_reports": reports, "training": train_log,
+                        "wall_time": timer.seconds, "elapsed": time.perf_counter() - wall_start}
+            if index == 0:
+                checkpoint.write_run_config(run_dir, cfg)
+            checkpoint.save_task_checkpoint(run_dir, index, method, progress, base=base, rng=checkpoint.rng_state(),
+                                            rng_before_eval=rng_before_eval)
+        accelerator.wait_for_everyone()
 
     names = [t.name for t in task_list]
     matrix = [[round(r[n]["accuracy"], 4) for n in names] for r in rows]
     timer.seconds["total"] = time.perf_counter() - wall_start
     record = {
         "record_version": records.RECORD_VERSION,
-        "run_id": records.new_run_id(method.name, cfg.seed),
+        "run_id": run_id,
+        "run_dir": f"runs/{run_id}",  # per-task checkpoints (bench.checkpoint); git-ignored
+        "resumed_after_task": None if resumed is None else resumed.index,
         "method": method.name,
         "hparams": method.hparams_dict(),
         "joint_training": method.joint_training,

@@ -17,6 +17,7 @@ keep those batches after ``end_task`` returns (no replay unless its spec says so
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
 
@@ -62,6 +63,10 @@ class ContinualMethod:
         self.model, self.ctx = model, ctx
         for p in model.parameters():
             p.requires_grad_(False)
+        # The base model's tensors, by identity: a checkpoint references them instead of copying them.
+        # Weak references, so a tensor a method replaces (e.g. an FFN turned into experts) can be freed.
+        self._base_tensors = {id(t): weakref.ref(t) for t in model.state_dict(keep_vars=True).values()}
+        self._noted: set[int] = set()
 
     def begin_task(self, task_index: int, task, train_loader) -> None:
         pass
@@ -119,9 +124,39 @@ class ContinualMethod:
         return dataclasses.asdict(self.hp)
 
     # --- resume ----------------------------------------------------------------------------------
+    # One mechanism for every method (design.md "state_dict / load_state_dict: everything needed to
+    # resume after a task"; bench/checkpoint.py writes it): ``checkpoint_state`` returns the tensors the
+    # method owns or trained plus JSON metadata, ``restore`` re-grows the structure from the metadata
+    # and loads the tensors. The generic part lives here; a method only adds, through the two hooks
+    # ``state_dict`` / ``load_state_dict``, what the model's own parameters cannot tell: its structure
+    # (experts per layer, per-task routers), Python-side state (task counters, phases) and tensors kept
+    # outside the model (PTL's VAEs, EvoMoE's beta generator).
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume after a task: tensors (safetensors-able) and JSON-able metadata."""
+        """The method-specific part of a checkpoint: a JSON-able dict that may hold tensors anywhere in
+        it (they are stored in safetensors). Default: nothing beyond the model's tensors."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Re-grow the structure ``state_dict`` described on a freshly attached method (and load any
+        tensors kept outside the model). The model's tensors are loaded afterwards by ``restore``."""
+
+    def note_trained(self, params: Iterable[nn.Parameter]) -> None:
+        """The harness reports every parameter it trains (or evolves) before a task's training, so a
+        base-model tensor trained in place (e.g. the projector, MoE-LLaVA's dense FFNs) is saved too."""
+        self._noted.update(id(p) for p in params)
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, meta) for ``bench.checkpoint``: every model tensor that is not an untouched tensor
+        of the base model (LoRA, experts, routers, row masks, base tensors trained in place) under
+        ``model.<name>``, the tensors inside ``state_dict()`` under ``method.<path>``, and JSON metadata
+        (method name, hyper-parameters, which parameters were trainable, the method's own state)."""
+        from methods.state import checkpoint_state
+
+        return checkpoint_state(self)
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Inverse of ``checkpoint_state`` on a freshly attached method: re-grow, load, set flags.
+        Raises ``methods.state.StateError`` when the checkpoint does not fit this method and model."""
+        from methods.state import restore
+
+        restore(self, tensors, meta)

@@ -1,0 +1,309 @@
+"""Run directories and per-task checkpoints (design.md "records.py ... checkpoints for resume"; issue 9
+"Resume" and "Safe files"; issue 8 item 1).
+
+Layout of one run (``run_id`` is fixed when the run starts; the record keeps its usual place)::
+
+    <out>/runs/<run_id>.json            the run record (written once, at the end, never overwritten)
+    <out>/runs/<run_id>/config.json     the resolved RunConfig (``RunConfig.to_dict``)
+    <out>/runs/<run_id>/task-<k:02d>/   after stage k (0-based) finished training AND evaluation:
+        method.safetensors              ``method.checkpoint_state()`` tensors: what the method owns or
+                                        trained; the stage-0 base model is referenced, never copied
+        state.json                      method metadata, RNG states (before and after the stage's
+                                        evaluation), the record pieces so far (matrix rows, parameter
+                                        counts, reports, training logs, wall time), the base model's key
+                                        and the sha256 of method.safetensors
+
+Every file is written to a temp name and renamed; a task folder is assembled under a temp name and
+renamed into place, so a ``task-XX`` folder is either complete or absent. Nothing is unpickled:
+tensors are safetensors, metadata is JSON. A truncated, corrupted or mismatched checkpoint raises
+``CheckpointError`` (a ``RecordError``: the CLI prints one paragraph and exits 2).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.config import RunConfig
+from bench.records import RecordError, atomic_write_text
+
+FORMAT = 1
+TENSORS, STATE, CONFIG = "method.safetensors", "state.json", "config.json"
+_TASK_DIR = re.compile(r"^task-(\d{2,})$")
+
+
+class CheckpointError(RecordError):
+    """A missing, truncated, corrupted or mismatched checkpoint."""
+
+
+# --------------------------------------------------------------------------------------------------
+# paths
+# --------------------------------------------------------------------------------------------------
+def run_dir_for(out: str | Path, run_id: str) -> Path:
+    return Path(out) / "runs" / run_id
+
+
+def task_dir(run_dir: str | Path, k: int) -> Path:
+    return Path(run_dir) / f"task-{k:02d}"
+
+
+def finished_tasks(run_dir: str | Path) -> list[int]:
+    """Stage indices with a complete checkpoint folder, ascending."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = (_TASK_DIR.match(p.name) for p in run_dir.iterdir() if p.is_dir())
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+# --------------------------------------------------------------------------------------------------
+# RNG states (JSON-able)
+# --------------------------------------------------------------------------------------------------
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode()
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
+def rng_state() -> dict[str, Any]:
+    """python ``random``, numpy and torch (CPU and every CUDA device) generator states."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {"python": [version, list(mt), gauss],
+                             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+                             "torch": _b64(torch.get_rng_state())}
+    if torch.cuda.is_available():
+        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_unb64(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
+
+
+# --------------------------------------------------------------------------------------------------
+# the run's config
+# --------------------------------------------------------------------------------------------------
+def write_run_config(run_dir: str | Path, cfg: RunConfig) -> Path:
+    path = Path(run_dir) / CONFIG
+    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def read_run_config(run_dir: str | Path, cache_dir: str | None = None) -> RunConfig:
+    """The RunConfig a run was started with; ``out`` is the folder holding ``runs/<run_id>/``."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory: it has no {CONFIG}. Give the folder "
+                              "<out>/runs/<run_id>/ that a run created after its first task.")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the run directory is damaged.") from None
+    return RunConfig.from_dict(data, out=str(run_dir.parent.parent), cache_dir=cache_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# one task's checkpoint
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class TaskCheckpoint:
+    """What ``load_task_checkpoint`` returns: the tensors and the parsed state.json."""
+
+    index: int
+    tensors: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+    @property
+    def method_meta(self) -> dict[str, Any]:
+        return self.state["method"]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_task_checkpoint(run_dir: str | Path, k: int, method, progress: dict[str, Any], *,
+                         base: dict[str, Any], rng: dict[str, Any],
+                         rng_before_eval: dict[str, Any] | None = None) -> Path:
+    """Write ``run_dir/task-<k:02d>/`` (the method's tensors + state) atomically; returns the folder.
+
+    ``progress`` holds the record pieces so far (JSON-able); ``base`` identifies the stage-0 model the
+    tensors apply to (its key / config hash); ``rng`` is the generator state to continue from and
+    ``rng_before_eval`` the state the stage's evaluation started from (to reproduce that row)."""
+    from safetensors.torch import save
+
+    run_dir = Path(run_dir)
+    final = task_dir(run_dir, k)
+    if final.exists():
+        raise CheckpointError(f"{final} already exists; a task checkpoint is never overwritten")
+    tensors, meta = method.checkpoint_state()
+    blob = save(tensors, metadata={"format": str(FORMAT), "method": method.name, "task": str(k)})
+    state = {"format": FORMAT, "run_id": run_dir.name, "task_index": k, "base": base, "method": meta,
+             "rng": rng, "rng_before_eval": rng_before_eval or rng, "progress": progress,
+             "tensors_sha256": hashlib.sha256(blob).hexdigest(), "tensors_bytes": len(blob)}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        _fsync_write(tmp / TENSORS, blob)
+        _fsync_write(tmp / STATE, (json.dumps(state, sort_keys=True) + "\n").encode())
+        os.replace(tmp, final)  # the folder appears complete or not at all
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load_task_checkpoint(run_dir: str | Path, k: int) -> TaskCheckpoint:
+    """Read and verify ``task-<k:02d>`` (sha256 of the tensors, format, task index); no pickle."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    folder = task_dir(run_dir, k)
+    if not folder.is_dir():
+        have = finished_tasks(run_dir)
+        raise CheckpointError(f"no checkpoint after task {k} in {run_dir} (finished tasks: "
+                              f"{', '.join(map(str, have)) or 'none'}).")
+    state_path, tensor_path = folder / STATE, folder / TENSORS
+    try:
+        state = json.loads(state_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} lacks {STATE}; the checkpoint is incomplete.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{state_path} is corrupted ({e}); delete {folder} to resume from the task before.") from None
+    if state.get("format") != FORMAT or state.get("task_index") != k:
+        raise CheckpointError(f"{state_path} has format {state.get('format')!r} / task {state.get('task_index')!r}; "
+                              f"expected format {FORMAT}, task {k}.")
+    try:
+        blob = tensor_path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} lacks {TENSORS}; the checkpoint is incomplete.") from None
+    if len(blob) != state.get("tensors_bytes") or hashlib.sha256(blob).hexdigest() != state.get("tensors_sha256"):
+        raise CheckpointError(f"{tensor_path} is truncated or corrupted ({len(blob)} bytes, expected "
+                              f"{state.get('tensors_bytes')}; checksum mismatch). Delete {folder} to resume from "
+                              "the task before.")
+    try:
+        tensors = load(blob)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{tensor_path} cannot be read as safetensors ({e}).") from None
+    return TaskCheckpoint(index=k, tensors=tensors, state=state)
+
+
+def restore_method(method, ckpt: TaskCheckpoint) -> None:
+    """``method.restore`` with its errors turned into CheckpointError (one paragraph for the CLI)."""
+    from methods.state import StateError
+
+    try:
+        method.restore(ckpt.tensors, ckpt.method_meta)
+    except StateError as e:
+        raise CheckpointError(f"checkpoint after task {ckpt.index} does not fit: {e}") from None
+
+
+def check_base(ckpt: TaskCheckpoint, base: dict[str, Any]) -> None:
+    """The checkpoint's tensors only make sense on the base model they were trained from."""
+    saved = ckpt.state.get("base", {})
+    if saved != base:
+        raise CheckpointError(f"the checkpoint after task {ckpt.index} was made on base model {saved}, "
+                              f"but the config now gives {base}; the stage-0 cache or backbone changed.")
+
+
+def base_identity(backbone, stage0: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint records about the (referenced, not copied) stage-0 base model."""
+    return {"config_hash": backbone.config_hash, "stage0_key": stage0.get("key"), "source": stage0.get("source", "stage0")}
+
+
+# --------------------------------------------------------------------------------------------------
+# a ready-to-evaluate model after task k
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class LoadedRun:
+    """The model of a run as it was after stage ``task_index`` (0-based), ready for evaluation."""
+
+    cfg: RunConfig
+    backbone: Any                 # bench.backbone.Backbone (its .model is ``model``)
+    model: torch.nn.Module
+    method: Any                   # the restored ContinualMethod, attached to ``model``
+    task_names: list[str]         # the run's task order (matrix columns)
+    tasks: list[Any]              # the tasks.Task objects, same order
+    task_index: int
+    accelerator: Any
+    state: dict[str, Any] = field(repr=False, default_factory=dict)  # the checkpoint's state.json
+
+    @property
+    def recorded_row(self) -> dict[str, float]:
+        """The accuracy row the run recorded right after this stage: {task name: accuracy}."""
+        row = self.state["progress"]["rows"][self.task_index + 1]
+        return {n: row[n]["accuracy"] for n in self.task_names}
+
+
+def evaluate_loaded(loaded: LoadedRun) -> dict[str, dict[str, Any]]:
+    """Evaluate the loaded model on every task's test split exactly as the run did (one row)."""
+    from bench import protocol
+
+    test_sets = protocol.encode_test_sets(loaded.cfg, loaded.tasks, loaded.backbone)
+    return protocol.evaluate_all(loaded.model, loaded.method, loaded.backbone, test_sets, loaded.cfg,
+                                 loaded.accelerator)
+
+
+def load_after_task(run_dir: str | Path, k: int | None = None, *, accelerator=None,
+                    cache_dir: str | None = None) -> LoadedRun:
+    """Rebuild the run's stage-0 base model from its config.json (the stage-0 cache is reused),
+    attach the method and restore its state after stage ``k`` (default: the last finished one).
+
+    The RNG is left as it was when the run evaluated stage ``k``, so evaluating every task with
+    ``bench.protocol.evaluate_all`` reproduces the recorded row (stochastic routing included)."""
+    from accelerate.utils import set_seed
+
+    from bench import protocol
+    from bench.base_model import load_base
+
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir, cache_dir)
+    done = finished_tasks(run_dir)
+    if k is None:
+        if not done:
+            raise CheckpointError(f"{run_dir} has no finished task yet.")
+        k = done[-1]
+    ckpt = load_task_checkpoint(run_dir, k)
+    task_list = protocol.ordered_tasks(cfg)
+    accelerator = accelerator or protocol.make_accelerator(cfg)
+    set_seed(cfg.seed)
+    backbone, stage0 = load_base(cfg, task_list, accelerator)
+    check_base(ckpt, base_identity(backbone, stage0))
+    model = backbone.model.to(accelerator.device)
+    method, _ = protocol.attach_method(cfg, backbone, model, task_list, accelerator)
+    restore_method(method, ckpt)
+    set_rng_state(ckpt.state["rng_before_eval"])
+    return LoadedRun(cfg=cfg, backbone=backbone, model=model, method=method, task_names=[t.name for t in task_list],
+                     tasks=task_list, task_index=k, accelerator=accelerator, state=ckpt.state)
