@@ -304,6 +304,7 @@ def load_after_task(run_dir: str | Path, k: int | None = None, *, accelerator=No
     model = backbone.model.to(accelerator.device)
     method, _ = protocol.attach_method(cfg, backbone, model, task_list, accelerator)
     restore_method(method, ckpt)
+    model.eval()
     set_rng_state(ckpt.state["rng_before_eval"])
     return LoadedRun(cfg=cfg, backbone=backbone, model=model, method=method, task_names=[t.name for t in task_list],
                      tasks=task_list, task_index=k, accelerator=accelerator, state=ckpt.state)
