@@ -87,6 +87,7 @@ class RunConfig:
     # lm-eval tasks evaluated after row 0 and after every task (--track lmeval:TASK; bench/lmeval_eval.py)
     track: list[str] = field(default_factory=list)
     lmeval_include: list[str] = field(default_factory=list)  # extra lm-eval task folders (--lmeval-include)
+    track_limit: int | None = None  # first N documents of each tracked task (--track-limit); None = all
     # where things go
     out: str = "results"
     cache_dir: str = field(default_factory=lambda: default_cache_dir())
@@ -98,7 +99,7 @@ class RunConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
-        for name in ("limit_train", "limit_test"):
+        for name in ("limit_train", "limit_test", "track_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")

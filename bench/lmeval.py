@@ -63,14 +63,14 @@ class CMBLM(LM):
     def __init__(self, run: str | None = None, after_task: int | str | None = None, *, backbone=None, model=None,
                  method=None, cfg=None, accelerator=None, batch_size: int | str | None = None,
                  max_gen_toks: int | None = None, template: bool | str = True, max_length: int | None = None,
-                 **ignored: Any):
+                 cache_dir: str | None = None, **ignored: Any):
         super().__init__()
         if run is not None:
             if backbone is not None or model is not None:
                 raise ValueError("give either run=RUN_DIR (with after_task) or backbone/model/method objects, not both")
             from bench.checkpoint import load_after_task
 
-            loaded = load_after_task(run, None if after_task in (None, "") else int(after_task))
+            loaded = load_after_task(run, None if after_task in (None, "") else int(after_task), cache_dir=cache_dir)
             backbone, model, method, cfg = loaded.backbone, loaded.model, loaded.method, loaded.cfg
             accelerator = accelerator or loaded.accelerator
         if backbone is None or method is None:

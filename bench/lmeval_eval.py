@@ -8,9 +8,11 @@ are indexed only when asked for (``builtin=True``), so nothing is ever looked up
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -80,44 +82,36 @@ def table(results: dict[str, Any]) -> str:
     return text
 
 
-class Tracker:
-    """lm-eval tasks evaluated after row 0 and after every task of a run (``RunConfig.track``).
+@lru_cache(maxsize=4)
+def _tracking_manager(include: tuple[str, ...], metadata_json: str):
+    return task_manager(include, metadata=json.loads(metadata_json))
 
-    ``add_row`` is called by the protocol right after a row of the accuracy matrix; ``record()`` gives
-    ``{"lmeval:TASK": [row0 metrics, row1 metrics, ...]}`` for the run record. Each entry is the task's
-    flat metrics, plus ``"method"`` when the method reports on that evaluation (e.g. CMoE's routing)."""
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.names = [t[len(TRACK_PREFIX):] for t in cfg.track]
-        self.rows: dict[str, list[dict[str, Any]]] = {t: [] for t in cfg.track}
-        self._manager = None
+def track_row(cfg, model, method, backbone, accelerator) -> dict[str, dict[str, Any]]:
+    """The tracked lm-eval tasks of ``cfg.track`` (``lmeval:TASK``) on the model as it is now:
+    ``{"lmeval:TASK": {metric: value, ..., "method": report}}`` (``method`` only when the method reports
+    on that evaluation, e.g. CMoE's routing). The protocol calls it after every row of the accuracy
+    matrix; generators are left untouched, so tracking never changes the run's own results. CoIN
+    tasks read the run's own data spec; tasks from ``cfg.lmeval_include`` folders work the same way."""
+    if not cfg.track:
+        return {}
+    from bench.lmeval import CMBLM
 
-    def __bool__(self) -> bool:
-        return bool(self.names)
-
-    def add_row(self, model, method, backbone, accelerator) -> None:
-        if not self.names:
-            return
-        from bench.lmeval import CMBLM
-
-        if self._manager is None:  # the run's own data spec for CoIN tasks; user tasks ignore it
-            self._manager = task_manager(self.cfg.lmeval_include, metadata=dataclasses.asdict(self.cfg.data_spec()))
-        lm = CMBLM(backbone=backbone, model=model, method=method, cfg=self.cfg, accelerator=accelerator)
-        quiet = logging.getLogger("lm_eval")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        try:
-            for name in self.names:
-                results = evaluate(lm, [name], manager=self._manager)
-                row: dict[str, Any] = flat_metrics(results, name)
-                report = method.evaluation_report(TRACK_PREFIX + name)
-                if report:
-                    row["method"] = report
-                self.rows[TRACK_PREFIX + name].append(row)
-        finally:
-            quiet.setLevel(level)
-        model.eval()
-
-    def record(self) -> dict[str, list[dict[str, Any]]]:
-        return dict(self.rows)
+    manager = _tracking_manager(tuple(cfg.lmeval_include),
+                                json.dumps(dataclasses.asdict(cfg.data_spec()), sort_keys=True))
+    lm = CMBLM(backbone=backbone, model=model, method=method, cfg=cfg, accelerator=accelerator)
+    quiet = logging.getLogger("lm_eval")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        for item in cfg.track:
+            name = item[len(TRACK_PREFIX):]
+            row: dict[str, Any] = flat_metrics(evaluate(lm, [name], manager=manager, limit=cfg.track_limit), name)
+            report = method.evaluation_report(item)
+            if report:
+                row["method"] = report
+            out[item] = row
+    finally:
+        quiet.setLevel(level)
+    return out

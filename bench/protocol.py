@@ -188,6 +188,12 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
         t = time.perf_counter()
         row = evaluate_all(model, method, backbone, test_sets, cfg, accelerator)
         timer.add("evaluation", t)
+        if cfg.track:  # lm-eval tasks next to the CoIN accuracies (--track lmeval:TASK)
+            from bench.lmeval_eval import track_row
+
+            t = time.perf_counter()
+            row.update(track_row(cfg, model, method, backbone, accelerator))
+            timer.add("tracking", t)
         return row
 
     stages = [("joint", task_list)] if method.joint_training else [(t.name, [t]) for t in task_list]
@@ -276,6 +282,7 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
         "accuracy_matrix": matrix,
         "matrix_rows": ["base"] + [s for s, _ in stages],
         "scores": [{n: r[n] for n in names} for r in rows],
+        "tracked": {k: [r[k] for r in rows] for k in cfg.track},  # one entry per matrix row
         "metrics": summarize(matrix),
         "parameters": parameters,
         "method_reports": reports,
