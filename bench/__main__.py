@@ -36,10 +36,26 @@ def _parse_set(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _resume(args: argparse.Namespace) -> int:
+    """``run --resume RUN_DIR``: the run's own config; flags given explicitly must agree with it."""
+    from bench.checkpoint import resume_config
+    from bench.protocol import run
+
+    defaults = vars(build_parser().parse_args(["run"]))
+    renamed = {"set": "method_set"}
+    given = {renamed.get(k, k): (_parse_set(v) if k == "set" else v) for k, v in vars(args).items()
+             if k not in ("func", "resume", "command") and v != defaults.get(k)}
+    path = run(resume_config(args.resume, given), resume=args.resume)
+    print(f"record: {path}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import build_config
     from bench.protocol import run
 
+    if args.resume:
+        return _resume(args)
     cfg = build_config(args.preset, method=args.method, tasks=args.tasks, steps_per_task=args.steps_per_task,
                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, data_seed=args.data_seed,
                        task_order_seed=args.task_order_seed, data_root=args.data_root,
@@ -114,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train the vision-language projector in every task (CoIN's LoRA recipe option)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method hyper-parameter")
     r.add_argument("--out", default="results", help="results folder (records go to OUT/runs/)")
+    r.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from its last finished task (OUT/runs/<run_id>/)")
     r.set_defaults(func=cmd_run)
 
     ls = sub.add_parser("list", help="list methods, tasks, suites and presets")

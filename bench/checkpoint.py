@@ -123,6 +123,31 @@ def read_run_config(run_dir: str | Path, cache_dir: str | None = None) -> RunCon
     return RunConfig.from_dict(data, out=str(run_dir.parent.parent), cache_dir=cache_dir)
 
 
+def resume_config(run_dir: str | Path, given: dict[str, Any]) -> RunConfig:
+    """The config to resume ``run_dir`` with: its config.json. ``given`` holds the settings the user
+    passed explicitly (RunConfig field name -> value); one that differs from the run's is an error,
+    since a resumed run must be the run that was started (issue 9 item 1)."""
+    from bench.config import ConfigError
+
+    cfg = read_run_config(run_dir)
+    saved = cfg.to_dict()
+    saved["model"] = cfg.backbone.model_path
+    saved["out"] = str(Path(run_dir).resolve().parent.parent)
+    conflicts = []
+    for key, value in given.items():
+        have = saved.get(key, "<not a setting of this run>")
+        if key == "out":
+            value = str(Path(value).resolve())
+        if isinstance(have, (list, tuple)) and isinstance(value, (list, tuple)):
+            have, value = list(have), list(value)
+        if have != value:
+            conflicts.append(f"--{key.replace('_', '-')}={value!r} (the run has {have!r})")
+    if conflicts:
+        raise ConfigError(f"--resume {run_dir} continues the run with the settings in its config.json; these "
+                          f"flags conflict with them: {'; '.join(conflicts)}. Drop them, or start a new run.")
+    return cfg
+
+
 # --------------------------------------------------------------------------------------------------
 # one task's checkpoint
 # --------------------------------------------------------------------------------------------------
