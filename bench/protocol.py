@@ -162,6 +162,13 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
 
+    # Read (and validate) every split before stage 0, so malformed data or a missing image fails in
+    # seconds, before any training; images stay lazy until a batch needs them.
+    t0 = time.perf_counter()
+    spec = cfg.data_spec()
+    splits = {task.name: (task.load("train", spec), task.load("test", spec)) for task in task_list}
+    timer.add("data", t0)
+
     t0 = time.perf_counter()
     from bench.base_model import load_base
 
@@ -170,12 +177,11 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
     model = backbone.model.to(accelerator.device)
 
     t0 = time.perf_counter()
-    spec = cfg.data_spec()
     train_sets: dict[str, EncodedSplit] = {}
     test_sets: dict[str, tuple[Any, EncodedSplit]] = {}
     sources: dict[str, Any] = {}
     for task in task_list:
-        train_split, test_split = task.load("train", spec), task.load("test", spec)
+        train_split, test_split = splits[task.name]
         train_sets[task.name] = encode_split(backbone, train_split)
         test_sets[task.name] = (task, encode_split(backbone, test_split))
         sources[task.name] = {"train": train_split.source, "test": test_split.source}
