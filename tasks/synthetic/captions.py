@@ -14,8 +14,8 @@ from tasks.base import TaskSplit
 from tasks.synthetic.draw import Rect, Scene, Shape, Text, rgb
 from tasks.synthetic.layout import Obj, Sample, background, random_objects, scene_of, weighted
 from tasks.synthetic.ocrvqa import cover
-from tasks.synthetic.vocab import (AUTHORS, COLOURS, GENRES, NUMBER_WORDS, PLURAL, SHAPES, TEXT_COLOURS, WHITE, WORDS,
-                                   article)
+from tasks.synthetic.vocab import (AUTHORS, COLOURS, GENRES, NUMBER_WORDS, NUMERALS, PLURAL, SHAPES, TEXT_COLOURS, WHITE,
+                                   WORDS, article)
 
 INSTRUCTIONS = ("Describe the image briefly.", "Write a short caption for the image.")
 # Where each grid cell is, as a caption phrase.
@@ -53,6 +53,19 @@ def _single(rng: random.Random) -> tuple[str, Scene]:
     colour, shape, half = rng.choice(COLOURS), rng.choice(SHAPES), rng.uniform(0.22, 0.36)
     cx, cy = (rng.uniform(half + 0.02, 0.98 - half) for _ in range(2))
     return f"a big {colour} {shape}", Scene(background(rng), (Shape(shape, rgb(colour), (cx - half, cy - half, cx + half, cy + half)),))
+
+
+def _numeral(rng: random.Random) -> tuple[str, Scene]:
+    """A large numeral, as TextVQA's signs show them (taught here so the frozen vision tower resolves them)."""
+    numeral, colour = rng.choice(NUMERALS), rng.choice(TEXT_COLOURS)
+    x, y = rng.uniform(0.25, 0.75), rng.uniform(0.3, 0.7)
+    items: list = []
+    caption = f"the number {numeral} in {colour}"
+    if rng.random() < 0.35:
+        items.append(Rect(WHITE, (x - 0.2, y - 0.26, x + 0.2, y + 0.26)))
+        caption = f"a white sign with the number {numeral} in {colour}"
+    items.append(Text(numeral, rgb(colour), (x, y), rng.choice((0.34, 0.4))))
+    return caption, Scene(background(rng), tuple(items))
 
 
 def _text(rng: random.Random) -> tuple[str, Scene]:
@@ -115,8 +128,8 @@ def _echo(rng: random.Random) -> Sample:
     return Sample(text + "\n" + ECHO_INSTRUCTION, text, None)
 
 
-_KINDS = {"objects": (_objects, 0.40), "count": (_count, 0.13), "single": (_single, 0.09), "text": (_text, 0.13),
-          "book": (_book, 0.07), "degraded": (_degraded, 0.06)}
+_KINDS = {"objects": (_objects, 0.36), "count": (_count, 0.12), "single": (_single, 0.08), "text": (_text, 0.10),
+          "numeral": (_numeral, 0.10), "book": (_book, 0.07), "degraded": (_degraded, 0.06)}
 ECHO_FRACTION = 0.12
 
 

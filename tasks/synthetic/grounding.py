@@ -5,8 +5,10 @@ region this sentence describes: <expression>", and LoRASelect reads the text bef
 instruction. So the coin-mini prompt is ``instruction + " " + expression`` on a single line (the whole
 line is the "last line"), not ``expression + "\\n" + instruction`` like the other tasks.
 
-Objects sit exactly on the 3x3 grid (no jitter) at one of two sizes, so there are 18 possible boxes;
-the target's cell and size are drawn uniformly (constant baseline about 1/18). The answer is
+Objects sit exactly on the 3x3 grid (no jitter); the target is always large (it nearly fills its cell)
+and the distractors are of either size, so there are 9 possible boxes and the target's cell is drawn
+uniformly (constant baseline about 1/9). Generator v3: with both sizes possible for the target (18
+boxes) the tiny backbone's answers collapsed to one degenerate box, 0% after training on the task. The answer is
 "[x1, y1, x2, y2]" normalised to [0, 1] with two decimals; ``refs["size"]`` is [w, h].
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import random
 
 from tasks.synthetic.layout import Obj, Sample, cell_box, random_objects, scene_of
-from tasks.synthetic.vocab import COLOURS, SHAPES, SIZES
+from tasks.synthetic.vocab import COLOURS, SHAPES
 
 
 def box_string(box: tuple[float, float, float, float]) -> str:
@@ -38,7 +40,7 @@ def _expressions(target: Obj, objs: list[Obj]) -> list[str]:
 
 
 def generate(rng: random.Random, size: int) -> Sample:
-    pos, tsize = rng.randrange(9), rng.choice(SIZES)
+    pos, tsize = rng.randrange(9), "large"
     while True:
         target = Obj(rng.choice(SHAPES), rng.choice(COLOURS), pos, tsize)
         objs = [target] + random_objects(rng, rng.randint(1, 3), cells=[p for p in range(9) if p != pos])

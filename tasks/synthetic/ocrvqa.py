@@ -4,7 +4,7 @@ The cover shows a title word (top) and an author surname (bottom) in a font of a
 the genre is never written: it is shown by the cover style (cover colour + emblem shape, see
 ``vocab.GENRES``), as a cover's design hints at its genre. Questions follow OCR-VQA's templates,
 including its "Is this book related to <genre>?" yes/no form. Answer space: 24 titles + 12 authors +
-6 genres + yes/no = 44; the constant baseline is about 7%.
+6 genres + yes/no = 44; the constant baseline ("yes" or "no") is about 15%.
 """
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ def cover(rng: random.Random, title: str, author: str, genre: str) -> Scene:
 
 def generate(rng: random.Random, size: int) -> Sample:
     title, author, genre = rng.choice(WORDS).capitalize(), rng.choice(AUTHORS), rng.choice(list(GENRES))
-    kind = weighted(rng, {"title": 0.3, "author": 0.3, "genre": 0.25, "related": 0.15})
+    # Genre (shown by the cover's style) and the yes/no form carry most of the weight: reading a title or
+    # an author word is at the limit of the tiny backbone (generator v3; v2 was 0.3/0.3/0.25/0.15).
+    kind = weighted(rng, {"title": 0.2, "author": 0.15, "genre": 0.35, "related": 0.3})
     if kind == "title":
         question, answer = "What is the title of this book?", title
     elif kind == "author":

@@ -47,6 +47,8 @@ WORDS: tuple[str, ...] = (
     "dog", "frog", "lion", "bear", "tree", "rose", "leaf", "sun",
     "rain", "snow", "door", "lamp", "ship", "car", "bus", "king",
 )
+# The numerals TextVQA reads (drawn large) and the captions name: "1" .. "9".
+NUMERALS: tuple[str, ...] = tuple(str(n) for n in range(1, 10))
 ANIMALS: tuple[str, ...] = ("fish", "bird", "cat", "dog", "frog", "lion", "bear")
 
 # Book-cover vocabulary for ocrvqa (author surnames are printed capitalised, as on real covers).

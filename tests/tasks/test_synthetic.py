@@ -22,7 +22,7 @@ from tasks.synthetic.grounding import box_string
 
 NAMES = tasks.names()
 # The designed answer space of each task (see each generator's docstring).
-ANSWER_SPACE = {"scienceqa": 5, "textvqa": 24, "imagenet": 32, "gqa": 20, "vizwiz": 41, "grounding": 18,
+ANSWER_SPACE = {"scienceqa": 5, "textvqa": 9, "imagenet": 32, "gqa": 20, "vizwiz": 41, "grounding": 9,
                 "vqav2": 14, "ocrvqa": 44}
 
 
