@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,list,leaderboard,score,export}``.
+"""Command line: ``python -m bench {run,list,leaderboard,sweep,check,score,export}``.
 
 Every user error (unknown name, bad value, malformed data, unwritable folder) is printed as one
 paragraph on stderr with exit code 2; nothing is written in that case.
@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--out", default="results", help="where LEADERBOARD.md, leaderboard.csv and plots/ go")
     lb.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     lb.set_defaults(func=cmd_leaderboard)
+
+    from bench import check, sweep
+
+    sweep.add_parser(sub)
+    check.add_parser(sub)
 
     sc = sub.add_parser("score", help="score a CoIN prediction JSONL as the official scripts do", add_help=False)
     sc.set_defaults(func=lambda a: __import__("tasks.score_cli", fromlist=["main"]).main(a.rest))

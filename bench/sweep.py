@@ -1,0 +1,188 @@
+"""``python -m bench sweep``: every (method, seed) of one budget, sequentially in one process.
+
+Each run is exactly a standalone ``python -m bench run``: ``bench.protocol.run`` builds a fresh base
+model from the stage-0 cache for every run (methods mutate the model they are attached to, so nothing
+is carried from one run to the next), and seeds every RNG itself. What one process saves is the
+imports and the stage-0 / coin-mini caches being warm after the first run.
+
+A run is skipped when a record under ``OUT/runs/*.json`` (top level only: sub-folders belong to run
+directories with checkpoints) has the same resolved config — ``RunConfig.to_dict()``, which holds the
+method, its ``--set`` values, the seed and the whole budget, and leaves out the machine-local
+``cache_dir`` and ``out``. After the sweep the leaderboard is regenerated from ``OUT/runs/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from bench.config import ConfigError, RunConfig, build_config
+
+# The `run` flags a sweep shares (everything but --method, --seed and --set, which are per run).
+BUDGET_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--tasks", {"default": "coin", "help": "a suite name or comma-separated task names"}),
+    ("--preset", {"default": "tiny"}),
+    ("--steps-per-task", {"type": int}),
+    ("--batch-size", {"type": int}),
+    ("--grad-accum", {"type": int}),
+    ("--lr", {"type": float}),
+    ("--data-seed", {"type": int}),
+    ("--task-order-seed", {"type": int}),
+    ("--data-root", {}),
+    ("--instructions", {"choices": ["Original", "Diverse", "10Type"]}),
+    ("--limit-train", {"type": int}),
+    ("--limit-test", {"type": int}),
+    ("--model", {"help": "a local llava-hf checkpoint folder (default: the tiny preset backbone)"}),
+    ("--mixed-precision", {"choices": ["auto", "no", "bf16", "fp16"]}),
+    ("--train-projector", {"action": "store_true", "default": None}),
+    ("--out", {"default": "results", "help": "results folder (records go to OUT/runs/)"}),
+)
+
+
+@dataclass
+class PlannedRun:
+    """One (method, seed) of the sweep; ``existing`` is the record that makes it a skip."""
+
+    method: str
+    seed: int
+    config: RunConfig
+    existing: Path | None = None
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """A canonical text form of a resolved config dict (JSON types, sorted keys), for equality."""
+    return json.dumps(json.loads(json.dumps(config, default=str)), sort_keys=True)
+
+
+def resolve_methods(spec: str) -> list[str]:
+    """``all`` → every registered method (sorted); otherwise a comma list, each name checked (an
+    unknown name raises MethodError listing the valid ones). Order kept, duplicates dropped."""
+    import methods
+
+    if spec.strip() == "all":
+        return methods.names()
+    names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    if not names:
+        raise ConfigError(f"--methods expects 'all' or a comma-separated list of methods, got {spec!r}.")
+    for name in names:
+        methods.get(name)
+    return names
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """``0,1,2`` → [0, 1, 2] (order kept, duplicates dropped)."""
+    try:
+        seeds = list(dict.fromkeys(int(s) for s in spec.split(",") if s.strip()))
+    except ValueError:
+        raise ConfigError(f"--seeds expects comma-separated integers such as 0,1,2, got {spec!r}.") from None
+    if not seeds:
+        raise ConfigError(f"--seeds expects comma-separated integers such as 0,1,2, got {spec!r}.")
+    return seeds
+
+
+def existing_records(runs_dir: Path) -> dict[str, Path]:
+    """config key → record path for every readable record directly under ``runs_dir``. Files that are
+    not JSON objects with a ``config`` are ignored here (the leaderboard reports them)."""
+    found: dict[str, Path] = {}
+    for path in sorted(Path(runs_dir).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("config"), dict):
+            found.setdefault(config_key(record["config"]), path)
+    return found
+
+
+def plan(method_names: list[str], seeds: list[int], preset: str, overrides: dict[str, Any]) -> list[PlannedRun]:
+    """Every (method, seed) in method-major order, with its resolved config and the record it would
+    duplicate (if any) under ``<out>/runs``."""
+    planned = []
+    for method in method_names:
+        for seed in seeds:
+            cfg = build_config(preset, method=method, seed=seed, **overrides)
+            planned.append(PlannedRun(method, seed, cfg))
+    if planned:
+        index = existing_records(Path(planned[0].config.out) / "runs")
+        for p in planned:
+            p.existing = index.get(config_key(p.config.to_dict()))
+    return planned
+
+
+def describe_plan(planned: list[PlannedRun]) -> str:
+    """The dry-run listing: one line per run, ``run`` or ``skip`` (with the record that exists)."""
+    lines = []
+    for p in planned:
+        what = f"skip  {p.method} seed {p.seed}  (record {p.existing.name})" if p.existing else \
+            f"run   {p.method} seed {p.seed}"
+        lines.append(what)
+    todo = sum(p.existing is None for p in planned)
+    lines.append(f"{todo} to run, {len(planned) - todo} to skip")
+    return "\n".join(lines)
+
+
+def execute(planned: list[PlannedRun], *, runner: Callable[[RunConfig], Path] | None = None,
+            progress: bool = True) -> list[Path]:
+    """Run every planned run without a record, one after the other, under one progress bar (runs done
+    / total, current method and seed, ETA). Returns the new record paths in order."""
+    from tqdm.auto import tqdm
+
+    if runner is None:
+        from bench.protocol import run as runner
+    todo = [p for p in planned if p.existing is None]
+    written: list[Path] = []
+    bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress or not todo, position=0,
+               dynamic_ncols=True, file=sys.stderr)
+    for p in todo:
+        bar.set_postfix_str(f"{p.method} seed {p.seed}")
+        path = runner(p.config)
+        written.append(path)
+        bar.update(1)
+    bar.close()
+    return written
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``sweep`` on the CLI's sub-parsers."""
+    sw = sub.add_parser("sweep", help="run several methods x seeds (skipping existing records), then the leaderboard")
+    sw.add_argument("--methods", default="all", help="'all' or comma-separated method names")
+    sw.add_argument("--seeds", default="0", help="comma-separated run seeds, e.g. 0,1,2")
+    for flag, kwargs in BUDGET_FLAGS:
+        sw.add_argument(flag, **kwargs)
+    sw.add_argument("--dry-run", action="store_true", help="list what would run and what would be skipped")
+    sw.add_argument("--no-plots", action="store_true", help="regenerate the leaderboard without the PNGs")
+    sw.set_defaults(func=command)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The budget flags as ``build_config`` keyword arguments (None = the preset's value)."""
+    return {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+            for flag, _ in BUDGET_FLAGS if flag != "--preset"}
+
+
+def run_sweep(planned: list[PlannedRun], out_dir: Path, *, plots: bool = True, progress: bool = True,
+              runner: Callable[[RunConfig], Path] | None = None) -> tuple[list[Path], dict[str, Any]]:
+    """Execute the plan, then regenerate the leaderboard from ``out_dir/runs``; returns the new record
+    paths and ``bench.leaderboard.generate``'s result."""
+    from bench.leaderboard import generate
+
+    written = execute(planned, runner=runner, progress=progress)
+    return written, generate(Path(out_dir) / "runs", Path(out_dir), plots=plots)
+
+
+def command(args: argparse.Namespace) -> int:
+    planned = plan(resolve_methods(args.methods), parse_seeds(args.seeds), args.preset, overrides_from_args(args))
+    print(describe_plan(planned), flush=True)
+    if args.dry_run:
+        return 0
+    start = time.perf_counter()
+    written, board = run_sweep(planned, Path(args.out), plots=not args.no_plots)
+    print(f"sweep: {len(written)} run(s) in {time.perf_counter() - start:.1f} s")
+    print(f"leaderboard: {board['records']} record(s) -> {board['markdown']}, {board['csv']}")
+    return 0
