@@ -50,12 +50,19 @@ def make_accelerator(cfg: RunConfig):
     from accelerate import Accelerator, PartialState
     from accelerate.utils import DistributedDataParallelKwargs, is_bf16_available
 
+    import os
+
+    # Several processes without CUDA (``accelerate launch --multi_gpu --num_processes N`` on a CPU
+    # machine starts them with torchrun) must initialise as MULTI_CPU (gloo), which accelerate only
+    # does when asked for the CPU; left alone each process would think it runs alone.
+    cpu = (os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+           or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()))
     precision = cfg.mixed_precision
     if precision == "auto":
         # bf16 autocast pays off on accelerators; on CPU it is slower than fp32, so stay in fp32 there.
-        precision = "bf16" if PartialState().device.type != "cpu" and is_bf16_available() else "no"
+        precision = "bf16" if PartialState(cpu=cpu).device.type != "cpu" and is_bf16_available() else "no"
     # find_unused_parameters: experts outside a batch's top-k receive no gradient in that step.
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
+    return Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
@@ -160,6 +167,11 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
     run_dir = checkpoint.run_dir_for(out_dir, run_id)
     resumed = _resume_point(run_dir, out_dir) if resume else None
     accelerator = make_accelerator(cfg)
+    if accelerator.num_processes > 1 and resume is None:  # every rank uses rank 0's run id and directory
+        from accelerate.utils import broadcast_object_list
+
+        run_id = broadcast_object_list([run_id])[0]
+        run_dir = checkpoint.run_dir_for(out_dir, run_id)
     set_seed(cfg.seed)
 
     # Read (and validate) every split before stage 0, so malformed data or a missing image fails in
