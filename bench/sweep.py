@@ -8,7 +8,10 @@ imports and the stage-0 / coin-mini caches being warm after the first run.
 A run is skipped when a record under ``OUT/runs/*.json`` (top level only: sub-folders belong to run
 directories with checkpoints) has the same resolved config — ``RunConfig.to_dict()``, which holds the
 method, its ``--set`` values, the seed and the whole budget, and leaves out the machine-local
-``cache_dir`` and ``out``. After the sweep the leaderboard is regenerated from ``OUT/runs/``.
+``cache_dir`` and ``out``. A run that has no record but an interrupted run directory
+``OUT/runs/<run_id>/`` with the same ``config.json`` and at least one finished task is resumed from it
+(``bench.protocol.run(..., resume=...)``: its record equals an uninterrupted run's). After the sweep
+the leaderboard is regenerated from ``OUT/runs/``.
 """
 from __future__ import annotations
 
@@ -45,12 +48,14 @@ BUDGET_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
 
 @dataclass
 class PlannedRun:
-    """One (method, seed) of the sweep; ``existing`` is the record that makes it a skip."""
+    """One (method, seed) of the sweep; ``existing`` is the record that makes it a skip, ``resume`` an
+    interrupted run directory of the same config to continue."""
 
     method: str
     seed: int
     config: RunConfig
     existing: Path | None = None
+    resume: Path | None = None
 
 
 def config_key(config: dict[str, Any]) -> str:
@@ -98,34 +103,58 @@ def existing_records(runs_dir: Path) -> dict[str, Path]:
     return found
 
 
+def resumable_runs(runs_dir: Path) -> dict[str, Path]:
+    """config key → run directory for every interrupted run under ``runs_dir``: a ``<run_id>/`` with a
+    ``config.json`` and at least one finished task but no ``<run_id>.json`` record (newest id wins)."""
+    from bench.checkpoint import CONFIG, finished_tasks
+
+    found: dict[str, Path] = {}
+    for config in sorted(Path(runs_dir).glob(f"*/{CONFIG}")):
+        run_dir = config.parent
+        if (run_dir.parent / f"{run_dir.name}.json").exists() or not finished_tasks(run_dir):
+            continue
+        try:
+            found[config_key(json.loads(config.read_text()))] = run_dir
+        except (OSError, json.JSONDecodeError):
+            continue
+    return found
+
+
 def plan(method_names: list[str], seeds: list[int], preset: str, overrides: dict[str, Any]) -> list[PlannedRun]:
-    """Every (method, seed) in method-major order, with its resolved config and the record it would
-    duplicate (if any) under ``<out>/runs``."""
+    """Every (method, seed) in method-major order, with its resolved config, the record it would
+    duplicate (if any) under ``<out>/runs`` and otherwise the interrupted run it would resume (if any)."""
     planned = []
     for method in method_names:
         for seed in seeds:
             cfg = build_config(preset, method=method, seed=seed, **overrides)
             planned.append(PlannedRun(method, seed, cfg))
     if planned:
-        index = existing_records(Path(planned[0].config.out) / "runs")
+        runs_dir = Path(planned[0].config.out) / "runs"
+        index, interrupted = existing_records(runs_dir), resumable_runs(runs_dir)
         for p in planned:
-            p.existing = index.get(config_key(p.config.to_dict()))
+            key = config_key(p.config.to_dict())
+            p.existing = index.get(key)
+            p.resume = None if p.existing else interrupted.get(key)
     return planned
 
 
 def describe_plan(planned: list[PlannedRun]) -> str:
-    """The dry-run listing: one line per run, ``run`` or ``skip`` (with the record that exists)."""
+    """The dry-run listing: one line per run, ``run``, ``resume`` (with the run directory) or ``skip``
+    (with the record that exists)."""
     lines = []
     for p in planned:
-        what = f"skip  {p.method} seed {p.seed}  (record {p.existing.name})" if p.existing else \
-            f"run   {p.method} seed {p.seed}"
-        lines.append(what)
+        if p.existing:
+            lines.append(f"skip  {p.method} seed {p.seed}  (record {p.existing.name})")
+        elif p.resume:
+            lines.append(f"resume {p.method} seed {p.seed}  (run directory {p.resume.name})")
+        else:
+            lines.append(f"run   {p.method} seed {p.seed}")
     todo = sum(p.existing is None for p in planned)
     lines.append(f"{todo} to run, {len(planned) - todo} to skip")
     return "\n".join(lines)
 
 
-def execute(planned: list[PlannedRun], *, runner: Callable[[RunConfig], Path] | None = None,
+def execute(planned: list[PlannedRun], *, runner: Callable[..., Path] | None = None,
             progress: bool = True) -> list[Path]:
     """Run every planned run without a record, one after the other, under one progress bar (runs done
     / total, current method and seed, ETA). Returns the new record paths in order."""
@@ -139,7 +168,7 @@ def execute(planned: list[PlannedRun], *, runner: Callable[[RunConfig], Path] | 
                dynamic_ncols=True, file=sys.stderr)
     for p in todo:
         bar.set_postfix_str(f"{p.method} seed {p.seed}")
-        path = runner(p.config)
+        path = runner(p.config, resume=p.resume) if p.resume else runner(p.config)
         written.append(path)
         bar.update(1)
     bar.close()
@@ -167,7 +196,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_sweep(planned: list[PlannedRun], out_dir: Path, *, plots: bool = True, progress: bool = True,
-              runner: Callable[[RunConfig], Path] | None = None) -> tuple[list[Path], dict[str, Any]]:
+              runner: Callable[..., Path] | None = None) -> tuple[list[Path], dict[str, Any]]:
     """Execute the plan, then regenerate the leaderboard from ``out_dir/runs``; returns the new record
     paths and ``bench.leaderboard.generate``'s result."""
     from bench.leaderboard import generate

@@ -50,7 +50,7 @@ def _fake_record(path: Path, config: dict) -> None:
     path.write_text(json.dumps({"run_id": path.stem, "config": config}, indent=1, sort_keys=True))
 
 
-def test_dry_run_skips_only_records_with_the_same_resolved_config(tmp_path, capsys):
+def test_dry_run_skips_records_and_resumes_interrupted_runs_of_the_same_resolved_config(tmp_path, capsys):
     out = tmp_path / "results"
     flags = dict(tasks="vqav2,imagenet", steps_per_task=3)
     same = build_config("tiny", method="seq-ft", seed=0, out="elsewhere", cache_dir="/other/cache", **flags)
@@ -58,15 +58,22 @@ def test_dry_run_skips_only_records_with_the_same_resolved_config(tmp_path, caps
     other_budget = build_config("tiny", method="multitask", seed=0, tasks="vqav2,imagenet", steps_per_task=4)
     _fake_record(out / "runs" / "b-multitask-s0.json", other_budget.to_dict())
     nested = build_config("tiny", method="multitask", seed=1, **flags)
-    _fake_record(out / "runs" / "c-multitask-s1" / "c.json", nested.to_dict())  # a run directory: ignored
+    _fake_record(out / "runs" / "c-multitask-s1" / "c.json", nested.to_dict())  # inside a run directory: no record
     (out / "runs" / "broken.json").write_text("{not json")
+    # interrupted runs: multitask seed 1 finished a task (resumed); seq-ft seed 1 finished none (run afresh)
+    (out / "runs" / "c-multitask-s1" / "config.json").write_text(json.dumps(nested.to_dict()))
+    (out / "runs" / "c-multitask-s1" / "task-00").mkdir()
+    (out / "runs" / "d-seq-ft-s1").mkdir()
+    (out / "runs" / "d-seq-ft-s1" / "config.json").write_text(
+        json.dumps(build_config("tiny", method="seq-ft", seed=1, **flags).to_dict()))
 
     code = main(["sweep", "--methods", "seq-ft,multitask", "--seeds", "0,1", "--tasks", "vqav2,imagenet",
                  "--steps-per-task", "3", "--out", str(out), "--dry-run"])
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["skip  seq-ft seed 0  (record a-seq-ft-s0.json)", "run   seq-ft seed 1",
-                     "run   multitask seed 0", "run   multitask seed 1", "3 to run, 1 to skip"]
+                     "run   multitask seed 0", "resume multitask seed 1  (run directory c-multitask-s1)",
+                     "3 to run, 1 to skip"]
     assert sorted(p.name for p in (out / "runs").glob("*.json")) == ["a-seq-ft-s0.json", "b-multitask-s0.json",
                                                                      "broken.json"]  # nothing written
 
@@ -106,10 +113,11 @@ def test_sweep_equals_standalone_runs_and_skips_on_rerun(session_cache, tmp_path
         ("moe-llava", 0): Path(written[0]), ("seq-ft", 0): Path(written[1]),
         ("moe-llava", 1): None, ("seq-ft", 1): None}
     assert describe_plan(again).splitlines()[-1] == "2 to run, 2 to skip"
+    again[-1].resume = tmp_path / "interrupted"
     ran = []
-    run_sweep(again, out, plots=False, progress=False, runner=lambda cfg: ran.append((cfg.method, cfg.seed)) or
-              written[0])
-    assert ran == [("moe-llava", 1), ("seq-ft", 1)]
+    run_sweep(again, out, plots=False, progress=False,
+              runner=lambda cfg, resume=None: ran.append((cfg.method, cfg.seed, resume)) or written[0])
+    assert ran == [("moe-llava", 1, None), ("seq-ft", 1, tmp_path / "interrupted")]
     assert set(existing_records(out / "runs").values()) == set(map(Path, written))
 
 
