@@ -89,6 +89,13 @@ def parse_seeds(spec: str) -> list[int]:
     return seeds
 
 
+def recorded_key(config: dict[str, Any]) -> str:
+    """``config_key`` of a config read from a record or run directory. A top-level field the record
+    lacks (added to RunConfig after it was written) counts as that field's default, so a new knob at its
+    default does not make every old record a different config."""
+    return config_key({**RunConfig().to_dict(), **config})
+
+
 def existing_records(runs_dir: Path) -> dict[str, Path]:
     """config key → record path for every readable record directly under ``runs_dir``. Files that are
     not JSON objects with a ``config`` are ignored here (the leaderboard reports them)."""
@@ -99,7 +106,7 @@ def existing_records(runs_dir: Path) -> dict[str, Path]:
         except (OSError, json.JSONDecodeError):
             continue
         if isinstance(record, dict) and isinstance(record.get("config"), dict):
-            found.setdefault(config_key(record["config"]), path)
+            found.setdefault(recorded_key(record["config"]), path)
     return found
 
 
@@ -114,7 +121,7 @@ def resumable_runs(runs_dir: Path) -> dict[str, Path]:
         if (run_dir.parent / f"{run_dir.name}.json").exists() or not finished_tasks(run_dir):
             continue
         try:
-            found[config_key(json.loads(config.read_text()))] = run_dir
+            found[recorded_key(json.loads(config.read_text()))] = run_dir
         except (OSError, json.JSONDecodeError):
             continue
     return found
