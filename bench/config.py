@@ -43,7 +43,7 @@ class BackboneSpec:
 class Stage0Spec:
     """Stage 0: dense caption-style pretraining of the tiny backbone (not one of the eight tasks)."""
 
-    steps: int = 900
+    steps: int = 1200  # 900 before coin-mini v3 added numerals and option lookup to the mix
     batch_size: int = 16
     lr: float = 1e-3  # 2e-3 plateaus at caption loss 0.78, 1e-3 reaches 0.49 in the same 900 steps
     warmup_ratio: float = 0.05

@@ -128,15 +128,35 @@ def _echo(rng: random.Random) -> Sample:
     return Sample(text + "\n" + ECHO_INSTRUCTION, text, None)
 
 
+OPTION_INSTRUCTION = "Give the letter of the matching option."
+
+
+def _option_lookup(rng: random.Random) -> Sample:
+    """Text-only option lookup: the letter of the listed option that equals a given word. A pretrained
+    LLM brings this skill (binding an option's content to its label) to LLaVA; the tiny decoder has no
+    language pretraining, and without it ScienceQA's letter answers stayed at the constant-letter
+    baseline after training on the task. It asks no science question and uses none of the tasks'
+    instructions, so the base model still knows none of the eight tasks."""
+    pool = rng.choice((WORDS, COLOURS, SHAPES, NUMBER_WORDS))
+    options = rng.sample(pool, rng.choice((2, 3, 4, 5)))
+    target = rng.randrange(len(options))
+    body = f"Which option says {options[target]}?\n" + "\n".join(f"{'ABCDE'[i]}. {o}" for i, o in enumerate(options))
+    return Sample(body + "\n" + OPTION_INSTRUCTION, "ABCDE"[target], None)
+
+
 _KINDS = {"objects": (_objects, 0.36), "count": (_count, 0.12), "single": (_single, 0.08), "text": (_text, 0.10),
           "numeral": (_numeral, 0.10), "book": (_book, 0.07), "degraded": (_degraded, 0.06)}
 ECHO_FRACTION = 0.12
+OPTION_FRACTION = 0.10
 
 
 def generate(rng: random.Random, size: int) -> Sample:
     """One caption record; ``question`` is the whole prompt."""
-    if rng.random() < ECHO_FRACTION:
+    draw = rng.random()
+    if draw < ECHO_FRACTION:
         return _echo(rng)
+    if draw < ECHO_FRACTION + OPTION_FRACTION:
+        return _option_lookup(rng)
     make = _KINDS[weighted(rng, {k: w for k, (_, w) in _KINDS.items()})][0]
     caption, scene = make(rng)
     return Sample(rng.choice(INSTRUCTIONS), caption, scene)

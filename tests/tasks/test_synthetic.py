@@ -16,7 +16,7 @@ import pytest
 import tasks
 from tasks.base import DataSpec
 from tasks.synthetic import GENERATORS, draw
-from tasks.synthetic.captions import ECHO_INSTRUCTION, pretrain_records
+from tasks.synthetic.captions import ECHO_INSTRUCTION, OPTION_INSTRUCTION, pretrain_records
 from tasks.synthetic.layout import cell_box
 from tasks.synthetic.grounding import box_string
 
@@ -175,11 +175,17 @@ def test_pretrain_captions(tmp_path):
     split = pretrain_records(60, seed=0, image_size=64, cache_dir=str(tmp_path))
     assert (split.task, split.split, len(split)) == ("pretrain", "train", 60)
     prompts, answers = split.texts()
-    # captions are single-line prompts; the text-only copying records end with their instruction line
-    echo = [i for i, p in enumerate(prompts) if "\n" in p]
-    assert all(prompts[i].endswith("\n" + ECHO_INSTRUCTION) and split[i].image is None for i in echo)
+    # captions are single-line prompts; the text-only records (copying, option lookup) end with their
+    # instruction line
+    echo = [i for i, p in enumerate(prompts) if p.endswith("\n" + ECHO_INSTRUCTION)]
+    lookup = [i for i, p in enumerate(prompts) if p.endswith("\n" + OPTION_INSTRUCTION)]
+    assert sorted(echo + lookup) == [i for i, p in enumerate(prompts) if "\n" in p]
+    assert all(split[i].image is None for i in echo + lookup)
     assert all(prompts[i].split("\n")[0] == answers[i] for i in echo)
-    assert 0 < len(echo) < 20
+    for i in lookup:  # the answer letter labels the option the question names
+        word = prompts[i].split("\n")[0].removeprefix("Which option says ").removesuffix("?")
+        assert f"{answers[i]}. {word}" in prompts[i].split("\n")
+    assert 0 < len(echo) < 20 and 0 < len(lookup) < 20
     text = " ".join(answers)
     for word in ("red", "circle", "small", "large", "top left", 'the word "'):
         assert word in text
