@@ -62,7 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                        instructions=args.instructions, limit_train=args.limit_train, limit_test=args.limit_test,
                        model=args.model, method_set=_parse_set(args.set), out=args.out,
                        mixed_precision=args.mixed_precision, grad_accum=args.grad_accum,
-                       train_projector=args.train_projector)
+                       train_projector=args.train_projector, track=args.track,
+                       lmeval_include=args.lmeval_include, track_limit=args.track_limit)
     path = run(cfg)
     print(f"record: {path}")
     return 0
@@ -129,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--train-projector", action="store_true", default=None,
                    help="also train the vision-language projector in every task (CoIN's LoRA recipe option)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method hyper-parameter")
+    r.add_argument("--track", action="append", default=[], metavar="lmeval:TASK",
+                   help="an lm-eval task or group evaluated after row 0 and every task (record: tracked)")
+    r.add_argument("--lmeval-include", action="append", default=[], metavar="DIR",
+                   help="another lm-eval task folder for --track (the shipped bench/lmeval_tasks is always there)")
+    r.add_argument("--track-limit", type=int, help="first N documents of each tracked task")
     r.add_argument("--out", default="results", help="results folder (records go to OUT/runs/)")
     r.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its last finished task (OUT/runs/<run_id>/)")
@@ -152,14 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc.set_defaults(func=lambda a: __import__("tasks.score_cli", fromlist=["main"]).main(a.rest))
     ex = sub.add_parser("export", help="write coin-mini in the real CoIN file layout", add_help=False)
     ex.set_defaults(func=lambda a: __import__("tasks.export", fromlist=["main"]).main(a.rest))
+    lm = sub.add_parser("lmeval", help="score a run's checkpoint after task K with lm-eval tasks", add_help=False)
+    lm.set_defaults(func=lambda a: __import__("bench.lmeval_cmd", fromlist=["main"]).main(a.rest))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # score/export own their flags: hand everything after the sub-command to them unparsed.
-    if argv and argv[0] in ("score", "export"):
+    # score/export/lmeval own their flags: hand everything after the sub-command to them unparsed.
+    if argv and argv[0] in ("score", "export", "lmeval"):
         args = argparse.Namespace(rest=argv[1:], func=parser.parse_args(argv[:1]).func)
     else:
         args = parser.parse_args(argv)

@@ -22,7 +22,7 @@ def trained(session_cache, tmp_path_factory):
     cfg = build_config("tiny", method="seq-ft", tasks="imagenet", steps_per_task=12, batch_size=8, lr=3e-3,
                        mini_train=48, mini_test=16, eval_batch_size=16, max_new_tokens=8,
                        out=str(tmp_path_factory.mktemp("results")), cache_dir=session_cache,
-                       stage0=Stage0Spec(steps=8, num_records=160, batch_size=8), track=["lmeval:retention_mc"],
+                       stage0=Stage0Spec(steps=8, num_records=160, batch_size=8), track=["lmeval:retention"],
                        track_limit=24)
     record = read_record(run(cfg))
     run_dir = Path(cfg.out) / record["run_dir"]
@@ -128,15 +128,15 @@ def test_loglikelihood_is_the_training_loss(trained):
 
 
 def test_run_tracks_lmeval_task_after_every_row(trained):
-    """--track lmeval:retention_mc puts the metric in the record after row 0 and after each task, and
+    """--track lmeval:retention puts the metric in the record after row 0 and after each task, and
     evaluating it again on the checkpoint gives the tracked value."""
     from bench.lmeval_eval import track_row
 
-    tracked = trained.record["tracked"]["lmeval:retention_mc"]
+    tracked = trained.record["tracked"]["lmeval:retention"]
     assert len(tracked) == len(trained.record["accuracy_matrix"]) == 2
     assert all(0.0 <= row["acc"] <= 1.0 and "acc_norm" in row for row in tracked)
     loaded = trained.loaded
     state = torch.get_rng_state()
     again = track_row(loaded.cfg, loaded.model, loaded.method, loaded.backbone, loaded.accelerator)
-    assert again["lmeval:retention_mc"] == tracked[1]
+    assert again["lmeval:retention"] == tracked[1]
     assert torch.equal(torch.get_rng_state(), state)  # tracking never moves the run's generators

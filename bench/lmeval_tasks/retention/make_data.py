@@ -1,7 +1,9 @@
-"""Writes retention.jsonl: 300 deterministic text-only copying items (seed 2024), the language skill every
-backbone has before the continual stream (a pretrained LLM copies text; the tiny stage 0 trains the same
-"Repeat the text exactly." format on its caption mix). Each line: ``id``, ``text`` (the string to copy),
-``choices`` (the text and three near-miss distortions, shuffled) and ``label`` (index of the text).
+"""Writes retention.jsonl: 300 deterministic text-only items (seed 2024) of the language the backbone
+knows before the continual stream: 150 copying items ("Repeat the text exactly.", the format of the
+stage-0 mix's copying records; a pretrained LLM copies text) and 150 captions in the stage-0 caption
+grammar. Each line: ``id``, ``kind`` (copy | caption), ``prompt``, ``answer``, ``choices`` (the answer
+and three near misses: distorted copies, or the caption's words in a scrambled order; shuffled) and
+``label`` (index of the answer).
 
     python bench/lmeval_tasks/retention/make_data.py   # rewrites the file byte for byte
 """
@@ -48,17 +50,59 @@ def distort(rng: random.Random, parts: list[str]) -> list[str]:
     return out
 
 
+PLACES = ("at the top left", "at the top", "at the top right", "on the left", "in the center", "on the right",
+          "at the bottom left", "at the bottom", "at the bottom right")
+CAPTION_PROMPTS = ("Describe the image briefly.", "Write a short caption for the image.")
+COPY_PROMPT = "Repeat the text exactly."
+
+
+def caption(rng: random.Random) -> str:
+    """A caption in the grammar of the stage-0 caption mix (objects, counts or drawn words)."""
+    kind = rng.random()
+    if kind < 0.5:
+        objs = [f"{rng.choice(('a', 'one'))} {rng.choice(('small', 'large'))} {rng.choice(COLOURS)} "
+                f"{rng.choice(SHAPES)} {rng.choice(PLACES)}" for _ in range(rng.randint(1, 2))]
+        return " and ".join(objs).replace("a a", "an a").replace("a o", "an o")
+    if kind < 0.75:
+        return f"{rng.choice(NUMBERS[1:5])} {rng.choice(COLOURS)} {rng.choice(SHAPES)}s"
+    return f'the word "{rng.choice(WORDS)}" in {rng.choice(COLOURS)}'
+
+
+def scramble(rng: random.Random, text: str) -> str:
+    words = text.split()
+    while True:
+        out = list(words)
+        if rng.random() < 0.5 and len(out) > 2:
+            rng.shuffle(out)
+        else:
+            i = rng.randrange(len(out) - 1)
+            out[i], out[i + 1] = out[i + 1], out[i]
+        if out != words:
+            return " ".join(out)
+
+
 def item(rng: random.Random, index: int) -> dict:
-    parts = [piece(rng) for _ in range(rng.randint(1, 4))]
-    text = " ".join(parts)
+    """Even ids: copying (prompt = text + the copy instruction); odd ids: a caption against three
+    scrambled word orders (text-only prompt; the choice tests the caption grammar)."""
+    if index % 2 == 0:
+        parts = [piece(rng) for _ in range(rng.randint(1, 4))]
+        answer, kind, prompt = " ".join(parts), "copy", None
+        make = lambda: " ".join(distort(rng, parts))  # noqa: E731
+    else:
+        answer, kind, prompt = caption(rng), "caption", rng.choice(CAPTION_PROMPTS)
+        make = lambda: scramble(rng, answer)  # noqa: E731
     wrong: list[str] = []
-    while len(wrong) < 3:
-        candidate = " ".join(distort(rng, parts))
-        if candidate != text and candidate not in wrong:
+    for _ in range(50):
+        candidate = make()
+        if candidate != answer and candidate not in wrong:
             wrong.append(candidate)
-    choices = [text, *wrong]
+        if len(wrong) == 3:
+            break
+    choices = [answer, *wrong]
     rng.shuffle(choices)
-    return {"id": f"retention-{index:03d}", "text": text, "choices": choices, "label": choices.index(text)}
+    prompt = prompt or f"{answer}\n{COPY_PROMPT}"
+    return {"id": f"retention-{index:03d}", "kind": kind, "prompt": prompt, "answer": answer, "choices": choices,
+            "label": choices.index(answer)}
 
 
 def lines() -> list[str]:

@@ -9,8 +9,13 @@ DATA = Path(__file__).with_name("retention.jsonl")
 
 
 def load(**_metadata: Any) -> dict[str, Any]:
-    """``custom_dataset`` hook: ``{"test": datasets.Dataset}`` of the 300 copying items."""
+    """``custom_dataset`` hook: ``{"test": datasets.Dataset}`` of the 300 items (copying and captions)."""
     import datasets
 
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
     return {"test": datasets.Dataset.from_list(rows)}
+
+
+def copy_items(dataset):
+    """``process_docs`` hook of retention_copy: the copying items only."""
+    return dataset.filter(lambda doc: doc["kind"] == "copy")
