@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(folder).is_dir():
             raise ConfigError(f"--include {folder!r} is not a directory of lm-eval task configs.")
     cache_dir = args.cache_dir or default_cache_dir()
-    metadata: dict[str, Any] = {"run": str(run_dir), "cache_dir": str(Path(cache_dir) / "coin-mini")}
+    metadata: dict[str, Any] = {"run": str(run_dir), "cache_dir": cache_dir}
     if args.data_root:
         metadata["data_root"] = args.data_root
     manager = task_manager(args.include, builtin=args.builtin, metadata=metadata)

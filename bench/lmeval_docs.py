@@ -5,7 +5,7 @@ The task configs in ``bench/lmeval_tasks/coin/`` call these functions through ``
 - ``load_coin(task=..., **metadata)`` (``custom_dataset``): the records of ``tasks.get(task).load("test",
   spec)``, i.e. exactly the test split the harness evaluates. The data spec is, by precedence:
   metadata keys named like ``tasks.DataSpec`` fields (``data_root``, ``instructions``, ``limit_test``,
-  ``data_seed``, ``mini_test``, ``image_size``, ``cache_dir``) > the ``CMB_DATA_ROOT`` /
+  ``data_seed``, ``mini_test``, ``image_size``; ``cache_dir`` = the harness cache root) > the ``CMB_DATA_ROOT`` /
   ``CMB_INSTRUCTIONS`` environment variables > the config of ``run`` (lm-eval passes the model args
   ``run=RUN_DIR`` on as metadata, so a run is scored on its own test split) > coin-mini defaults.
 - ``process_results`` / ``aggregate_official`` / ``aggregate_clean``: each document contributes
@@ -27,21 +27,24 @@ _INT_FIELDS = {"limit_train", "limit_test", "data_seed", "mini_train", "mini_tes
 
 
 def data_spec(run: str | None = None, **metadata: Any):
-    """The ``tasks.DataSpec`` a CoIN task config reads (see the module docstring for the precedence)."""
+    """The ``tasks.DataSpec`` a CoIN task config reads (see the module docstring for the precedence).
+    ``cache_dir`` is the harness's cache root (as ``RunConfig.cache_dir`` / ``CMB_CACHE``; coin-mini
+    lives in its ``coin-mini/`` folder), so the same model arg serves the model and the tasks."""
     from bench.config import default_cache_dir
     from tasks import DataSpec
 
-    values: dict[str, Any] = {"cache_dir": str(Path(default_cache_dir()) / "coin-mini")}
+    cache_root = metadata.get("cache_dir") or None
+    values: dict[str, Any] = {"cache_dir": str(Path(cache_root or default_cache_dir()) / "coin-mini")}
     if run:
         from bench.checkpoint import read_run_config
 
-        values.update(dataclasses.asdict(read_run_config(run).data_spec()))
+        values.update(dataclasses.asdict(read_run_config(run, cache_root).data_spec()))
     if os.environ.get("CMB_DATA_ROOT"):
         values["data_root"] = os.environ["CMB_DATA_ROOT"]
     if os.environ.get("CMB_INSTRUCTIONS"):
         values["instructions"] = os.environ["CMB_INSTRUCTIONS"]
     for key in SPEC_FIELDS:
-        if metadata.get(key) not in (None, ""):
+        if key != "cache_dir" and metadata.get(key) not in (None, ""):
             values[key] = int(metadata[key]) if key in _INT_FIELDS else metadata[key]
     return DataSpec(**values)
 

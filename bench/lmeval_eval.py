@@ -98,7 +98,8 @@ def track_row(cfg, model, method, backbone, accelerator) -> dict[str, dict[str, 
     from bench.lmeval import CMBLM
 
     manager = _tracking_manager(tuple(cfg.lmeval_include),
-                                json.dumps(dataclasses.asdict(cfg.data_spec()), sort_keys=True))
+                                json.dumps({**dataclasses.asdict(cfg.data_spec()), "cache_dir": cfg.cache_dir},
+                                           sort_keys=True))
     lm = CMBLM(backbone=backbone, model=model, method=method, cfg=cfg, accelerator=accelerator)
     quiet = logging.getLogger("lm_eval")
     level = quiet.level

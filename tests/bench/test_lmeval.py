@@ -66,7 +66,7 @@ def test_lmeval_coin_score_equals_harness_evaluator(trained):
 
     loaded, cache = trained.loaded, trained.cfg.cache_dir
     lm = get_model("cmb").create_from_arg_string(f"run={trained.run_dir},after_task=0,cache_dir={cache}")
-    manager = task_manager(metadata={"run": str(trained.run_dir), "cache_dir": trained.cfg.data_spec().cache_dir})
+    manager = task_manager(metadata={"run": str(trained.run_dir), "cache_dir": cache})
     harness, results, predictions = _harness_and_lmeval(loaded, lm, manager)
     assert harness["accuracy"] == trained.record["scores"][1]["imagenet"]["accuracy"]
     assert results["results"]["coin_imagenet"]["accuracy,none"] == harness["accuracy"]
