@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=lambda a: __import__("tasks.export", fromlist=["main"]).main(a.rest))
     lm = sub.add_parser("lmeval", help="score a run's checkpoint after task K with lm-eval tasks", add_help=False)
     lm.set_defaults(func=lambda a: __import__("bench.lmeval_cmd", fromlist=["main"]).main(a.rest))
+    pf = sub.add_parser("perf", help="performance benchmarks: trainer, eval, steps (bench/perf/)", add_help=False)
+    pf.set_defaults(func=lambda a: __import__("bench.perf", fromlist=["main"]).main(a.rest))
     return p
 
 
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # score/export/lmeval own their flags: hand everything after the sub-command to them unparsed.
-    if argv and argv[0] in ("score", "export", "lmeval"):
+    if argv and argv[0] in ("score", "export", "lmeval", "perf"):
         args = argparse.Namespace(rest=argv[1:], func=parser.parse_args(argv[:1]).func)
     else:
         args = parser.parse_args(argv)

@@ -314,6 +314,9 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
     path = out_dir / "runs" / f"{record['run_id']}.json"
     if accelerator.is_main_process:
         path = records.write_record(record, out_dir)
+        from bench.perf.report import time_split
+
+        print(time_split(record["wall_time"], record["peak_rss_mb"]), flush=True)
     accelerator.wait_for_everyone()
     return path
 

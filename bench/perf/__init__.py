@@ -1,0 +1,25 @@
+"""Performance benchmarks, one module each: ``python -m bench perf NAME [flags]``.
+
+    trainer  bench.trainer.train_steps vs a hand-written PyTorch loop (overhead ratio)
+    eval     batched greedy decoding with KV cache vs model.generate one sample at a time
+    steps    training steps/s on the tiny preset or a 7B-class config (--model-config 7b)
+
+``python -m bench.perf.moe_dispatch`` is the MoE dispatch benchmark.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {"trainer": "bench.perf.trainer", "eval": "bench.perf.eval", "steps": "bench.perf.steps",
+              "moe-dispatch": "bench.perf.moe_dispatch"}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in BENCHMARKS:
+        print(__doc__.strip(), file=sys.stderr if argv else sys.stdout)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown benchmark {argv[0]!r}; one of {', '.join(BENCHMARKS)}.", file=sys.stderr)
+            return 2
+        return 0
+    return int(importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:]) or 0)
