@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        model=args.model, method_set=_parse_set(args.set), out=args.out,
                        mixed_precision=args.mixed_precision, grad_accum=args.grad_accum,
                        train_projector=args.train_projector, track=args.track,
-                       lmeval_include=args.lmeval_include, track_limit=args.track_limit)
+                       lmeval_include=args.lmeval_include, track_limit=args.track_limit, compile=args.compile)
     path = run(cfg)
     print(f"record: {path}")
     return 0
@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"])
     r.add_argument("--train-projector", action="store_true", default=None,
                    help="also train the vision-language projector in every task (CoIN's LoRA recipe option)")
+    r.add_argument("--compile", action="store_true", default=None,
+                   help="train through torch.compile (off by default; meant for GPUs, needs a C++ compiler on CPU)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method hyper-parameter")
     r.add_argument("--track", action="append", default=[], metavar="lmeval:TASK",
                    help="an lm-eval task or group evaluated after row 0 and every task (record: tracked)")

@@ -67,6 +67,7 @@ class RunConfig:
     weight_decay: float = 0.0
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     train_projector: bool = False
+    compile: bool = False  # torch.compile the model for training (--compile; bench.trainer.train_steps)
     # evaluation
     eval_batch_size: int = 64
     max_new_tokens: int = 24

@@ -77,15 +77,66 @@ def train_loader(backbone: Backbone, encoded: EncodedSplit, batch_size: int, see
                       generator=gen, collate_fn=Collator(backbone, train=True))
 
 
+# Collated evaluation batches (and the image features bench.trainer.generate keeps next to them) of one
+# split are kept for the next evaluation row while they fit in this many bytes per split.
+EVAL_CACHE_BYTES = 256 * 2**20
+
+
+class EvalBatches:
+    """The evaluation batches of one split, collated once and replayed by every later evaluation row
+    (a run evaluates every task T+1 times): decoding and processing the images, tokenised prompts
+    and padding are pure functions of the data, so the replayed batches are the very same tensors.
+    ``features`` is where ``generate`` keeps each batch's image features, with the fingerprint of the
+    vision path they were computed under (bench.trainer.vision_fingerprint). A split whose batches
+    exceed ``budget`` bytes is streamed from the DataLoader every time instead."""
+
+    def __init__(self, loader: DataLoader, budget: int = EVAL_CACHE_BYTES):
+        self.loader, self.budget = loader, budget
+        self.batches: list[dict[str, torch.Tensor]] | None = None
+        self.features: dict[int, tuple[Any, torch.Tensor]] = {}
+        self.nbytes = 0
+        self.too_big = False
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        if self.batches is not None:
+            yield from self.batches
+            return
+        built: list | None = [] if not self.too_big else None
+        size = 0
+        for batch in self.loader:
+            if built is not None:
+                size += sum(v.numel() * v.element_size() for v in batch.values() if torch.is_tensor(v))
+                if size <= self.budget:
+                    built.append(batch)
+                else:
+                    built, self.too_big = None, True
+            yield batch
+        if built is not None:  # only a complete pass is kept
+            self.batches, self.nbytes = built, size
+
+    @property
+    def cached(self) -> bool:
+        return self.batches is not None
+
+
 def eval_loader(backbone: Backbone, encoded: EncodedSplit, batch_size: int,
-                indices: Sequence[int] | None = None) -> DataLoader:
+                indices: Sequence[int] | None = None) -> EvalBatches:
     """Left-padded prompt batches over ``indices`` (default: every record; a rank's shard when the
-    evaluation is sharded). Batches carry each record's index in ``encoded``."""
+    evaluation is sharded). Batches carry each record's index in ``encoded``. The same arguments give
+    the same EvalBatches object, whose batches are collated once (see EvalBatches)."""
     # Sort by prompt length so a batch wastes little padding; predictions are put back in order.
     pool = range(len(encoded)) if indices is None else indices
     order = sorted(pool, key=lambda i: len(encoded.prompt_ids[i]))
-    subset = torch.utils.data.Subset(encoded, order)
-    return DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=Collator(backbone, train=False))
+    cache = encoded.__dict__.setdefault("_eval_batches", {})
+    key = (id(backbone), batch_size, tuple(order))
+    if key not in cache:
+        subset = torch.utils.data.Subset(encoded, order)
+        cache[key] = EvalBatches(DataLoader(subset, batch_size=batch_size, shuffle=False,
+                                            collate_fn=Collator(backbone, train=False)))
+    return cache[key]
 
 
 class ConcatEncoded(Dataset):

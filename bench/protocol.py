@@ -248,7 +248,8 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
         stats = train_steps(model, [*method.trainable_parameters(), *projector], loader, steps,
                             accelerator=accelerator, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
                             aux_loss=method.auxiliary_loss, before_forward=method.before_forward,
-                            after_step=method.after_optimizer_step, desc=f"{method.name} {stage_name}")
+                            after_step=method.after_optimizer_step, desc=f"{method.name} {stage_name}",
+                            compile=cfg.compile)
         timer.seconds["training"] = timer.seconds.get("training", 0.0) + stats.seconds
         hooks.after_train(index, method, model)
         t = time.perf_counter()
