@@ -6,7 +6,12 @@ compares the run with ``results/baselines/<method>.json``:
 
 * the resolved config must be the one the baseline was made with (otherwise the baseline is stale);
 * parameter counts after every stage (total, trained, evolved, activated per token) exactly;
-* every cell of the accuracy matrix within ``TOLERANCE`` accuracy points (absolute).
+* every cell of the accuracy matrix within ``TOLERANCE`` accuracy points (absolute);
+* the training loss curve of every stage (mean loss per logging interval) within ``LOSS_RTOL``
+  (relative). At the smoke budget several methods still answer few test records right, so accuracy
+  alone would let a change that alters training but not yet the answers through; the loss cannot.
+  Cross-machine float noise over a 20-step stage moves it by about 1e-5 relative; 1e-3 is far above
+  that and far below what a changed method, trainer or data generator does.
 
 Why ``TOLERANCE = 2.0`` points: on CPU a run is bit-for-bit deterministic (seeded RNGs, fixed data,
 private data-loader generators; the check pins torch to ``CHECK_THREADS`` intra-op threads so the
@@ -41,6 +46,7 @@ CHECK_TASKS = "imagenet,gqa,vqav2"  # three tasks the tiny backbone learns above
 # them), so 10 new tokens leave every correct answer intact while cutting the decoding of degenerate output.
 CHECK_OVERRIDES = {"tasks": CHECK_TASKS, "max_new_tokens": 10}
 TOLERANCE = 2.0  # accuracy points per matrix cell; see the module docstring
+LOSS_RTOL = 1e-3  # relative, per logged training-loss point; see the module docstring
 CHECK_THREADS = 1
 BASELINE_DIR = Path("results/baselines")
 PARAMETER_KEYS = ("after", "total", "trained", "evolved", "activated_per_token")
@@ -77,6 +83,7 @@ def make_baseline(record: dict[str, Any]) -> dict[str, Any]:
         "accuracy_matrix": record["accuracy_matrix"],
         "parameters": [{k: p.get(k) for k in PARAMETER_KEYS} for p in record["parameters"]],
         "metrics": record["metrics"],
+        "loss_curves": [t["loss_curve"] for t in record["training"]],
         "backbone_config_hash": record["backbone"]["config_hash"],
         "stage0_key": record["backbone"]["stage0"].get("key"),
         "versions": {k: v for k, v in record["versions"].items() if k in ("python", "torch", "transformers")},
@@ -107,6 +114,13 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], tolerance: float 
             if abs(a - b) > tolerance + 1e-9:
                 problems.append(f"accuracy after {current['matrix_rows'][i]} on {current['tasks'][j]}: {b:.1f} "
                                 f"(baseline {a:.1f}, |diff| {abs(a - b):.1f} > {tolerance:g})")
+    for stage, old_curve, new_curve in zip(current["matrix_rows"][1:], baseline.get("loss_curves", []),
+                                           current["loss_curves"]):
+        for (step, a), (_, b) in zip(old_curve, new_curve):
+            if abs(a - b) > LOSS_RTOL * abs(a):
+                problems.append(f"training loss of {stage} at step {step}: {b:.5f} (baseline {a:.5f}, "
+                                f"relative diff {abs(a - b) / abs(a):.1e} > {LOSS_RTOL:g})")
+                break
     if problems and baseline.get("stage0_key") != current.get("stage0_key"):
         problems.append("note: the stage-0 weights / data changed since the baseline (stage-0 key "
                         f"{current.get('stage0_key')} vs {baseline.get('stage0_key')})")

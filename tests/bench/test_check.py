@@ -19,6 +19,7 @@ BASE = {
     "matrix_rows": ["base", "vqav2", "imagenet"], "accuracy_matrix": [[0.0, 0.0], [40.0, 10.0], [20.0, 50.0]],
     "parameters": [{"after": "vqav2", "total": 100, "trained": 10, "evolved": 0, "activated_per_token": 90},
                    {"after": "imagenet", "total": 100, "trained": 10, "evolved": 0, "activated_per_token": 90}],
+    "loss_curves": [[[3, 2.5], [6, 1.25]], [[3, 3.0], [6, 2.0]]],
     "stage0_key": "abc",
 }
 
@@ -44,6 +45,12 @@ def test_compare_tolerance_parameters_and_config():
     assert "another configuration" in problem and "steps_per_task" in problem and "--update" in problem
     moved = _with(accuracy_matrix=[[0.0, 0.0], [0.0, 10.0], [20.0, 50.0]], stage0_key="def")
     assert any("stage-0" in p for p in compare(BASE, moved))
+
+
+def test_compare_training_loss_within_relative_tolerance():
+    assert compare(BASE, _with(loss_curves=[[[3, 2.5], [6, 1.2505]], [[3, 3.0], [6, 2.0]]])) == []  # 4e-4
+    (problem,) = compare(BASE, _with(loss_curves=[[[3, 2.5], [6, 1.25]], [[3, 3.0], [6, 2.01]]]))  # 5e-3
+    assert problem.startswith("training loss of imagenet at step 6: 2.01000 (baseline 2.00000")
 
 
 def test_leaderboard_must_match_the_records(tmp_path):
