@@ -1,13 +1,19 @@
 """Evaluation speed: the harness's batched greedy decoding with a KV cache (``bench.trainer.generate``
 over ``bench.data.eval_loader``) vs ``model.generate`` one sample at a time, on the same test records.
 
-    python -m bench perf eval [--tasks vqav2,gqa --records 48 --method seq-ft --repeats 3 --threads N]
+    python -m bench perf eval [--tasks vqav2,gqa,grounding --records 64 --method seq-ft --repeats 3 --threads N]
 
 Both decode greedily up to ``--max-new-tokens`` (the run default, 24) and stop a sample at its eos;
 the generated token ids must be identical record by record (the command exits 1 otherwise). The model
 is the tiny preset (stage-0 weights when cached, otherwise random init, said in the header) with the
 method attached as at the start of a run. Per round both sides decode every record once, the two
 alternate round by round and the medians are compared. Target: harness >= 5x faster on CPU.
+
+``--rows R`` (R >= 2) also times what a run does: R evaluation rows over the same records, the
+harness as it is (test batches collated once, image features reused while the vision tower and
+projector are provably unchanged) vs the same decoding with every row collating its batches and
+running the vision tower again (a plain DataLoader, the behaviour before issue 10); ``--compare-batch
+B`` additionally decodes one row with eval batch B and reports whether any prediction changes.
 """
 from __future__ import annotations
 
@@ -39,13 +45,15 @@ def hf_generate_one_by_one(model, backbone, encoded, indices, max_new_tokens: in
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench perf eval", description=__doc__.split("\n")[0])
     p.add_argument("--tasks", default="vqav2,gqa,grounding")
-    p.add_argument("--records", type=int, default=48, help="test records per task")
+    p.add_argument("--records", type=int, default=64, help="test records per task (64 = one full eval batch)")
     p.add_argument("--method", default="seq-ft")
     p.add_argument("--batch-size", type=int, default=None, help="harness eval batch (default: the run's, 64)")
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--rows", type=int, default=0, help="also time R evaluation rows, cached vs uncached")
+    p.add_argument("--compare-batch", type=int, default=None, help="also check predictions at this eval batch")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,7 +115,38 @@ def main(argv: list[str] | None = None) -> int:
     print(f"outputs identical: {n - len(mismatched)}/{n} records" +
           (f"; DIFFER at {mismatched[:10]}" if mismatched else ""))
     print(f"model.generate / harness = {g / h:.2f}x  (target >= 5)")
-    return 1 if mismatched else 0
+    bad = bool(mismatched)
+    if args.rows >= 2:
+        outputs: dict[str, list] = {"cached": [], "uncached": []}
+
+        def rows(cached: bool) -> float:
+            t = time.perf_counter()
+            for _ in range(args.rows):
+                row = {}
+                for name, encoded, ix in sets:
+                    batches = eval_loader(backbone, encoded, batch_size, indices=ix)
+                    row[name] = generate(model, batches if cached else batches.loader, eos_id=backbone.eos_id,
+                                         max_new_tokens=max_new, accelerator=accelerator,
+                                         before_forward=method.before_forward)
+                outputs["cached" if cached else "uncached"].append(row)
+            return time.perf_counter() - t
+
+        rt = interleaved({"uncached": lambda: rows(False), "cached": lambda: rows(True)}, args.repeats, 0)
+        same = all(r == outputs["uncached"][0] for r in outputs["cached"] + outputs["uncached"])
+        u, c = median(rt["uncached"]), median(rt["cached"])
+        print(f"{args.rows} evaluation rows: every row collates + runs the vision tower {u:.2f} s, "
+              f"batches and image features reused {c:.2f} s -> {u / c:.2f}x; predictions identical: {same}")
+        bad |= not same
+    if args.compare_batch:
+        t = time.perf_counter()
+        other = {name: generate(model, eval_loader(backbone, encoded, args.compare_batch, indices=ix).loader,
+                                eos_id=backbone.eos_id, max_new_tokens=max_new, accelerator=accelerator,
+                                before_forward=method.before_forward) for name, encoded, ix in sets}
+        tb = time.perf_counter() - t
+        diff = sum(other[name][i] != results["harness"][name][i] for name, _, ix in sets for i in ix)
+        print(f"eval batch {args.compare_batch}: one row {tb:.2f} s (batch {batch_size}, cached: "
+              f"{h:.2f} s); predictions differing from batch {batch_size}: {diff}/{n}")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
