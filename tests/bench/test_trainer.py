@@ -73,3 +73,14 @@ def test_compile_failure_is_one_clear_error(monkeypatch):
     model = micro_llava(0)
     with pytest.raises(RuntimeError, match="--compile failed.*C\\+\\+ compiler"):
         train_steps(model, trainable(model), batches(), 2, accelerator=Accelerator(cpu=True), lr=1e-3, compile=True)
+
+
+def test_time_split_lists_every_phase_and_the_rest():
+    from bench.perf.report import time_split
+
+    text = time_split({"stage0": 5.0, "data": 2.0, "training": 100.0, "method": 3.0, "evaluation": 40.0,
+                       "total": 160.0}, 812.4)
+    assert "training" in text and "evaluation" in text and "method work" in text
+    assert "other" in text and "10.0 s" in text  # 160 - 150 not covered by a phase
+    assert "25.0 %" in text  # evaluation 40 of 160
+    assert "812 MB" in text
