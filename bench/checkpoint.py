@@ -297,6 +297,7 @@ def evaluate_loaded(loaded: LoadedRun) -> dict[str, dict[str, Any]]:
     from bench import protocol
 
     test_sets = protocol.encode_test_sets(loaded.cfg, loaded.tasks, loaded.backbone)
+    protocol.warm_eval_batches(test_sets, loaded.backbone, loaded.cfg, loaded.accelerator)  # as after row 0
     return protocol.evaluate_all(loaded.model, loaded.method, loaded.backbone, test_sets, loaded.cfg,
                                  loaded.accelerator)
 

@@ -107,6 +107,20 @@ def encode_test_sets(cfg: RunConfig, task_list: list, backbone) -> dict[str, tup
     return {t.name: (t, encode_split(backbone, t.load("test", spec))) for t in task_list}
 
 
+def warm_eval_batches(test_sets: dict[str, tuple[Any, EncodedSplit]], backbone, cfg: RunConfig, accelerator) -> None:
+    """Collate every test split's evaluation batches now, without touching the global RNG.
+
+    A DataLoader draws its base seed from torch's global RNG each time it is iterated, and the eval
+    batches are collated once (at row 0) and replayed afterwards. A process that restores a run's RNG
+    state mid-stream (``--resume``, ``checkpoint.evaluate_loaded``) must not draw again when it first
+    evaluates, or every later draw (router noise, new experts) would differ from the uninterrupted
+    run's; warming the cache here, inside a forked RNG, makes its evaluations draw-free too."""
+    with torch.random.fork_rng(devices=[]):
+        for _, encoded in test_sets.values():
+            for _ in eval_loader(backbone, encoded, cfg.eval_batch_size, indices=_shard(len(encoded), accelerator)):
+                pass
+
+
 def _shard(n: int, accelerator) -> list[int] | None:
     """This rank's record indices of an n-record test set (None = all, single process)."""
     if accelerator.num_processes == 1:
@@ -229,6 +243,7 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
             timer.seconds[phase] = timer.seconds.get(phase, 0.0) + seconds
         wall_start -= progress["elapsed"]
         start = resumed.index + 1
+        warm_eval_batches(test_sets, backbone, cfg, accelerator)  # row 0 collated them in the original run
         checkpoint.set_rng_state(resumed.state["rng"])  # last: nothing above may draw after this
     for index, (stage_name, stage_tasks) in enumerate(stages):
         if index < start:
