@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from bench import checkpoint
 from bench.__main__ import main

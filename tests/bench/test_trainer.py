@@ -1,7 +1,6 @@
 """The shared trainer is exactly a plain PyTorch loop (bit for bit on CPU) and its options work."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
