@@ -56,14 +56,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.resume:
         return _resume(args)
-    cfg = build_config(args.preset, method=args.method, tasks=args.tasks, steps_per_task=args.steps_per_task,
-                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, data_seed=args.data_seed,
-                       task_order_seed=args.task_order_seed, data_root=args.data_root,
-                       instructions=args.instructions, limit_train=args.limit_train, limit_test=args.limit_test,
-                       model=args.model, method_set=_parse_set(args.set), out=args.out,
-                       mixed_precision=args.mixed_precision, grad_accum=args.grad_accum,
-                       train_projector=args.train_projector, track=args.track,
-                       lmeval_include=args.lmeval_include, track_limit=args.track_limit, compile=args.compile)
+    from bench.sweep import overrides_from_args
+
+    cfg = build_config(args.preset, method=args.method, seed=args.seed, method_set=_parse_set(args.set),
+                       track=args.track, lmeval_include=args.lmeval_include, track_limit=args.track_limit,
+                       **overrides_from_args(args))
     path = run(cfg)
     print(f"record: {path}")
     return 0
@@ -110,34 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description="continual-moe-bench: continual MoE methods on CoIN")
     sub = p.add_subparsers(dest="command", required=True)
 
+    from bench.sweep import BUDGET_FLAGS
+
     r = sub.add_parser("run", help="train one method through a task sequence and write a run record")
     r.add_argument("--method", default="seq-ft")
-    r.add_argument("--tasks", default="coin", help="a suite name or comma-separated task names")
-    r.add_argument("--preset", default="tiny")
-    r.add_argument("--steps-per-task", type=int)
-    r.add_argument("--batch-size", type=int)
-    r.add_argument("--grad-accum", type=int)
-    r.add_argument("--lr", type=float)
     r.add_argument("--seed", type=int)
-    r.add_argument("--data-seed", type=int)
-    r.add_argument("--task-order-seed", type=int)
-    r.add_argument("--data-root")
-    r.add_argument("--instructions", choices=["Original", "Diverse", "10Type"])
-    r.add_argument("--limit-train", type=int)
-    r.add_argument("--limit-test", type=int)
-    r.add_argument("--model", help="a local llava-hf checkpoint folder (default: the tiny preset backbone)")
-    r.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"])
-    r.add_argument("--train-projector", action="store_true", default=None,
-                   help="also train the vision-language projector in every task (CoIN's LoRA recipe option)")
-    r.add_argument("--compile", action="store_true", default=None,
-                   help="train through torch.compile (off by default; meant for GPUs, needs a C++ compiler on CPU)")
+    for flag, kwargs in BUDGET_FLAGS:  # the flags `sweep` shares, defined once
+        r.add_argument(flag, **kwargs)
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method hyper-parameter")
     r.add_argument("--track", action="append", default=[], metavar="lmeval:TASK",
                    help="an lm-eval task or group evaluated after row 0 and every task (record: tracked)")
     r.add_argument("--lmeval-include", action="append", default=[], metavar="DIR",
                    help="another lm-eval task folder for --track (the shipped bench/lmeval_tasks is always there)")
     r.add_argument("--track-limit", type=int, help="first N documents of each tracked task")
-    r.add_argument("--out", default="results", help="results folder (records go to OUT/runs/)")
     r.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its last finished task (OUT/runs/<run_id>/)")
     r.set_defaults(func=cmd_run)

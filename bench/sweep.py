@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 from bench.config import ConfigError, RunConfig, build_config
 
-# The `run` flags a sweep shares (everything but --method, --seed and --set, which are per run).
+# The `run` flags a sweep shares (everything but --method, --seed, --set and the lm-eval tracking
+# flags, which are per run); `python -m bench run` registers these same definitions.
 BUDGET_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--tasks", {"default": "coin", "help": "a suite name or comma-separated task names"}),
     ("--preset", {"default": "tiny"}),
@@ -41,7 +42,10 @@ BUDGET_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--limit-test", {"type": int}),
     ("--model", {"help": "a local llava-hf checkpoint folder (default: the tiny preset backbone)"}),
     ("--mixed-precision", {"choices": ["auto", "no", "bf16", "fp16"]}),
-    ("--train-projector", {"action": "store_true", "default": None}),
+    ("--train-projector", {"action": "store_true", "default": None,
+                           "help": "also train the vision-language projector in every task (CoIN's LoRA recipe option)"}),
+    ("--compile", {"action": "store_true", "default": None,
+                   "help": "train through torch.compile (off by default; meant for GPUs, needs a C++ compiler on CPU)"}),
     ("--out", {"default": "results", "help": "results folder (records go to OUT/runs/)"}),
 )
 
