@@ -26,7 +26,7 @@ from tasks.synthetic.draw import png_bytes, render
 from tasks.synthetic.layout import Sample
 
 # Bump whenever a generator's output changes: it names the data in TaskSplit.source and run records.
-GENERATOR_VERSION = "3"  # 2: text-only copying records in stage 0; 3: textvqa reads numerals, grounding targets are large, ocrvqa reweighted, option lookup in stage 0
+GENERATOR_VERSION = "4"  # 2: text-only copying records in stage 0; 3: textvqa reads numerals, grounding targets are large, ocrvqa reweighted, option lookup in stage 0; 4: seven-segment numerals, fixed ScienceQA option lists, grounding with 1-2 distractors
 TEST_BUCKETS = 8  # 1 in 8 content hashes belongs to test, the other 7 to train
 
 Generator = Callable[[random.Random, int], Sample]

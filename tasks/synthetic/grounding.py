@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import random
 
-from tasks.synthetic.layout import Obj, Sample, cell_box, random_objects, scene_of
+from tasks.synthetic.layout import Obj, Sample, box_string, cell_box, random_objects, scene_of
 from tasks.synthetic.vocab import COLOURS, SHAPES
-
-
-def box_string(box: tuple[float, float, float, float]) -> str:
-    return "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
 
 
 def _expressions(target: Obj, objs: list[Obj]) -> list[str]:
@@ -43,7 +39,7 @@ def generate(rng: random.Random, size: int) -> Sample:
     pos, tsize = rng.randrange(9), "large"
     while True:
         target = Obj(rng.choice(SHAPES), rng.choice(COLOURS), pos, tsize)
-        objs = [target] + random_objects(rng, rng.randint(1, 3), cells=[p for p in range(9) if p != pos])
+        objs = [target] + random_objects(rng, rng.randint(1, 2), cells=[p for p in range(9) if p != pos])
         expressions = _expressions(target, objs)
         if expressions:
             break

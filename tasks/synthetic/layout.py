@@ -57,6 +57,11 @@ def cell_box(pos: int, size: str, dx: float = 0.0, dy: float = 0.0) -> Box:
     return (cx - h, cy - h, cx + h, cy + h)
 
 
+def box_string(box: Box) -> str:
+    """A box as CoIN's grounding answers write it: "[x1, y1, x2, y2]", normalised, two decimals."""
+    return "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
+
+
 def to_shapes(objs: list[Obj], rng: random.Random | None = None, jitter: float = JITTER) -> tuple[Shape, ...]:
     """Objects to drawable shapes; with ``rng`` each centre is jittered by up to ``jitter``, less where
     the object would leave its grid cell (large objects nearly fill theirs and stay put)."""

@@ -1,105 +1,83 @@
 """coin-mini ScienceQA: multiple choice about the scene, or a text-only fact (no image).
 
 Mirrors LLaVA's ScienceQA prompt: the question, one ``X. option`` line per choice, then the instruction;
-the answer is the option letter. The correct option's position is uniform, and questions have 3-5
-options, so the constant-letter baseline is about (1/3 + 1/4 + 1/5) / 3 = 26%. About a quarter of the
-records are text-only facts about the same vocabulary (sides of a triangle, colour mixing, alphabetical
-order), as ScienceQA mixes image and text-only problems.
+the answer is the option letter. About a quarter of the records are text-only facts in a short context
+(sides of shapes, colour mixing), as ScienceQA mixes image and text-only problems.
+
+Every question template has one fixed option list in a fixed order, as many ScienceQA templates do
+("Which tense does the sentence use? A. past B. present C. future", "Is the object a solid or a
+liquid?"), and the correct option is uniform over that list, so each letter answers a template about
+equally often: the constant-letter baseline is about 31% (two-option size questions pull it above 25%).
+
+Why fixed lists (generator v4): with options drawn and shuffled per question the answer letter depends
+on where the correct word landed, so the model must bind each option's content to its label. The tiny
+decoder (4 layers, no language pretraining) never learned that binding: with its LoRA trained on the
+task for 600 steps the answer loss stayed at ln(4)/2 (the letter prior) and accuracy at the constant
+baseline. With a fixed list the letter follows from the content, which is what the other tasks ask.
+Two more templates of the first v4 draft, "Which side of the image is the X on?" and "Which of these
+shapes is in the image?", stayed at chance after the task's 150 steps and were dropped; the image
+questions are counting, size and colour of a named shape.
 """
 from __future__ import annotations
 
 import random
 
 from tasks.synthetic.layout import Obj, Sample, random_objects, scene_of, weighted
-from tasks.synthetic.vocab import ANIMALS, COLOURS, POSITIONS, SHAPES, WORDS
 
 LETTERS = "ABCDE"
 TEXT_ONLY_SHARE = 0.25
 
+COUNT_OPTIONS = ("1", "2", "3", "4")
+SIZE_OPTIONS = ("small", "large")
+COLOUR_OPTIONS = ("red", "green", "blue", "yellow")
+SHAPE_OPTIONS = ("circle", "square", "triangle", "star")  # the text-only shape facts
+
 SHAPE_FACTS: dict[str, str] = {
-    "Which shape has three sides?": "triangle",
-    "Which shape has four equal sides and four square corners?": "square",
-    "Which shape is round and has no corners?": "circle",
-    "Which shape has five points?": "star",
-    "Which shape looks like a plus sign?": "cross",
-    "Which shape is a square standing on one corner?": "diamond",
-    "Which shape is a symbol of love?": "heart",
-    "Which shape looks like a thin slice of the moon at night?": "moon",
+    "a shape with three sides": "triangle",
+    "a shape with four equal sides and four square corners": "square",
+    "a round shape with no corners": "circle",
+    "a shape with five points": "star",
 }
+# Text-only problems set the fact in a short context, as ScienceQA's lectures and hints do. The many
+# surface forms matter: train and test are split by content, and with one sentence per fact a whole
+# fact would land in the test split only, unlearnable from the training split.
+NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jo", "Kofi", "Lea", "Maya", "Nils",
+         "Omar", "Pia", "Raj", "Sara", "Tom", "Uma")
+DRAW_VERBS = ("draws", "cuts out", "paints", "sees", "builds", "finds")
 MIXING: dict[tuple[str, str], str] = {
     ("red", "yellow"): "orange", ("blue", "yellow"): "green", ("red", "blue"): "purple", ("red", "white"): "pink",
 }
+MIXING_OPTIONS = ("orange", "green", "purple", "pink")
 
 
-def _options(rng: random.Random, correct: str, pool: list[str] | tuple[str, ...]) -> tuple[list[str], str]:
-    """3-5 options (fewer if the pool is small) with ``correct`` at a uniformly random position."""
-    others = [p for p in pool if p != correct]
-    k = min(rng.choice((3, 4, 5)), len(others) + 1)
-    options = rng.sample(others, k - 1) + [correct]
-    rng.shuffle(options)
-    return options, LETTERS[options.index(correct)]
-
-
-def _sample(question: str, correct: str, pool, rng: random.Random, scene=None) -> Sample:
-    options, letter = _options(rng, correct, pool)
+def _sample(question: str, correct: str, options: tuple[str, ...], scene=None) -> Sample:
     body = question + "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
-    return Sample(body, letter, scene, {"num_options": len(options)})
+    return Sample(body, LETTERS[options.index(correct)], scene, {"num_options": len(options)})
 
 
 def _image_question(rng: random.Random) -> Sample:
-    kind = weighted(rng, {"shape": 1, "colour": 1, "count": 1, "where": 1, "largest": 1})
+    kind = weighted(rng, {"count": 1, "size": 1, "colour": 1})
     if kind == "count":
-        n = rng.randint(1, 5)
-        objs = random_objects(rng, n)
-        return _sample("How many shapes are in the image?", str(n), [str(i) for i in range(1, 7)], rng, scene_of(objs, rng))
-    if kind == "largest":
-        objs = random_objects(rng, rng.randint(2, 3), distinct_shapes=True, sizes=("small",))
-        objs[0] = Obj(objs[0].shape, objs[0].colour, objs[0].pos, "large")
-        # Options are drawn from all shapes: the absent ones are easy distractors, the present small ones are not.
-        return _sample("Which shape is the largest?", objs[0].shape, SHAPES, rng, scene_of(objs, rng))
+        n = int(rng.choice(COUNT_OPTIONS))
+        return _sample("How many shapes are in the image?", str(n), COUNT_OPTIONS,
+                       scene_of(random_objects(rng, n, sizes=("small",)), rng))
     objs = random_objects(rng, rng.randint(1, 3), distinct_shapes=True)
     target = objs[0]
-    scene = scene_of(objs, rng)
-    if kind == "shape":
-        absent = [s for s in SHAPES if s not in {o.shape for o in objs}]
-        return _sample("Which of these shapes is in the image?", target.shape, absent + [target.shape], rng, scene)
     if kind == "colour":
-        return _sample(f"What is the color of the {target.shape}?", target.colour, COLOURS, rng, scene)
-    return _sample(f"Where is the {target.shape}?", POSITIONS[target.pos], POSITIONS, rng, scene)
+        objs[0] = target = Obj(target.shape, rng.choice(COLOUR_OPTIONS), target.pos, target.size)
+        return _sample(f"What is the color of the {target.shape}?", target.colour, COLOUR_OPTIONS, scene_of(objs, rng))
+    return _sample(f"Is the {target.shape} small or large?", target.size, SIZE_OPTIONS, scene_of(objs, rng))
 
 
 def _text_question(rng: random.Random) -> Sample:
-    kind = weighted(rng, {"shape_fact": 2, "mixing": 1, "number": 1, "alphabet": 1, "category": 1})
-    if kind == "shape_fact":
-        question, answer = rng.choice(list(SHAPE_FACTS.items()))
-        return _sample(question, answer, SHAPES, rng)
-    if kind == "mixing":
-        (a, b), answer = rng.choice(list(MIXING.items()))
-        if rng.random() < 0.5:
-            a, b = b, a
-        return _sample(f"Which color do you get when you mix {a} and {b} paint?", answer, COLOURS, rng)
-    if kind == "number":
-        nums = rng.sample(range(1, 10), rng.choice((3, 4, 5)))
-        largest = rng.random() < 0.5
-        answer = str(max(nums) if largest else min(nums))
-        options = [str(n) for n in nums]
-        rng.shuffle(options)
-        body = f"Which number is the {'largest' if largest else 'smallest'}?\n" + "\n".join(
-            f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
-        return Sample(body, LETTERS[options.index(answer)], None, {"num_options": len(options)})
-    if kind == "alphabet":
-        words = rng.sample(WORDS, rng.choice((3, 4, 5)))
-        answer = min(words)
-        body = "Which word comes first in alphabetical order?\n" + "\n".join(
-            f"{LETTERS[i]}. {w}" for i, w in enumerate(words))
-        return Sample(body, LETTERS[words.index(answer)], None, {"num_options": len(words)})
-    category, members = rng.choice([("a color", COLOURS), ("a shape", SHAPES), ("an animal", ANIMALS)])
-    answer = rng.choice(members)
-    non_members = [w for w in WORDS + SHAPES + COLOURS if w not in members]
-    options = rng.sample(non_members, rng.choice((2, 3, 4))) + [answer]
-    rng.shuffle(options)
-    body = f"Which word names {category}?\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
-    return Sample(body, LETTERS[options.index(answer)], None, {"num_options": len(options)})
+    name = rng.choice(NAMES)
+    if rng.random() < 0.5:
+        fact, answer = rng.choice(list(SHAPE_FACTS.items()))
+        return _sample(f"{name} {rng.choice(DRAW_VERBS)} {fact}. Which shape is it?", answer, SHAPE_OPTIONS)
+    (a, b), answer = rng.choice(list(MIXING.items()))
+    if rng.random() < 0.5:
+        a, b = b, a
+    return _sample(f"{name} mixes {a} and {b} paint. Which color does {name} get?", answer, MIXING_OPTIONS)
 
 
 def generate(rng: random.Random, size: int) -> Sample:

@@ -10,19 +10,20 @@ of the ten (accuracy 1.0), a typo matches few.
 
 Why numerals and not words (generator v3): with the tiny backbone (a 2-layer ViT on 64 px images)
 reading one of 24 five-letter words stayed at chance even with the whole model trained for 300 steps,
-so the task measured nothing. Single numerals drawn large (26 px) are within what that backbone
-resolves, the same way the shapes of the other tasks are.
+so the task measured nothing. Why seven-segment digits (v4): numerals in the font stayed at chance
+too; the digits are now drawn as the thick bars of a display board (``draw.Digits``), which that
+backbone resolves the same way it resolves the shapes of the other tasks.
 """
 from __future__ import annotations
 
 import random
 
-from tasks.synthetic.draw import Rect, Scene, Shape, Text, rgb
+from tasks.synthetic.draw import Digits, Rect, Scene, Shape, rgb
 from tasks.synthetic.layout import Sample, background, cell_box
 from tasks.synthetic.vocab import COLOURS, NUMERALS, SHAPES, TEXT_COLOURS, WHITE, article
 
-FONT = 0.4  # 26 px at 64 px: one numeral spans about 2x3 patches of the patch-8 ViT
-FONT_TWO = 0.34  # two numbers, one above the other
+FONT = 0.55  # digit height: 35 px at 64 px, one digit spans about 3x5 patches of the patch-8 ViT
+FONT_TWO = 0.4  # two numbers, one above the other
 SIGN_COLOURS = (WHITE, (250, 236, 150), (200, 230, 255))
 
 
@@ -64,12 +65,12 @@ def _one_number(rng: random.Random, word: str) -> tuple[str, Scene]:
     colour = rng.choice(TEXT_COLOURS)
     left = rng.random() < 0.5
     x = (0.3 if left else 0.7) + rng.uniform(-0.05, 0.05)
-    y = 0.5 + rng.uniform(-0.15, 0.15)
+    y = 0.5 + rng.uniform(-0.1, 0.1)
     items: list = []
     on_sign = rng.random() < 0.35
     if on_sign:
-        items.append(Rect(rng.choice(SIGN_COLOURS), (x - 0.2, y - 0.26, x + 0.2, y + 0.26)))
-    items.append(Text(word, rgb(colour), (x, y), FONT))
+        items.append(Rect(rng.choice(SIGN_COLOURS), (x - 0.2, y - 0.33, x + 0.2, y + 0.33)))
+    items.append(Digits(word, rgb(colour), (x, y), FONT))
     if rng.random() < 0.4:  # a shape on the other side: the model must find the number, not read one spot
         cell = rng.choice((2, 8) if left else (0, 6))
         items.append(Shape(rng.choice(SHAPES), rgb(rng.choice(COLOURS)), cell_box(cell, "small")))
@@ -85,8 +86,8 @@ def _two_numbers(rng: random.Random, word: str) -> tuple[str, Scene]:
     colours = rng.sample(TEXT_COLOURS, 2)
     target_top = rng.random() < 0.5
     top, bottom = (word, other) if target_top else (other, word)
-    items = (Text(top, rgb(colours[0]), (0.5 + rng.uniform(-0.05, 0.05), 0.25), FONT_TWO),
-             Text(bottom, rgb(colours[1]), (0.5 + rng.uniform(-0.05, 0.05), 0.75), FONT_TWO))
+    items = (Digits(top, rgb(colours[0]), (0.5 + rng.uniform(-0.05, 0.05), 0.25), FONT_TWO),
+             Digits(bottom, rgb(colours[1]), (0.5 + rng.uniform(-0.05, 0.05), 0.75), FONT_TWO))
     target_colour = colours[0] if target_top else colours[1]
     if rng.random() < 0.5:
         question = f"What number is written in {target_colour}?"

@@ -48,3 +48,23 @@ def test_local_checkpoint_loads_through_the_same_interface(tmp_path):
         a = bb.model(input_ids=ids, pixel_values=bb.pixel_values([image])).logits
         b = local.model(input_ids=ids, pixel_values=local.pixel_values([image])).logits
     torch.testing.assert_close(a, b)
+
+
+def test_tiny_vision_positions_start_as_2d_sincos_codes():
+    """Position codes of the content's magnitude, distinct per patch, separable into row and column."""
+    from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
+
+    from bench.backbone import sincos_2d
+
+    bb = _tiny_backbone()
+    emb = next(m for m in bb.model.modules() if isinstance(m, CLIPVisionEmbeddings))
+    w = emb.position_embedding.weight.detach()
+    assert torch.count_nonzero(w[0]) == 0 and w.shape == (65, 32)
+    codes = w[1:]
+    assert 0.2 < codes.std() < 0.5  # CLIP's own init is N(0, 0.02²): 10x weaker than a patch's content
+    assert torch.cdist(codes, codes).add(torch.eye(64)).min() > 0.05  # every patch has its own code
+    # the first half of the channels depends on the row only, the second half on the column only
+    grid = sincos_2d(8, 32).reshape(8, 8, 32)
+    assert torch.equal(grid[:, :1, :16].expand(8, 8, 16), grid[:, :, :16])
+    assert torch.equal(grid[:1, :, 16:].expand(8, 8, 16), grid[:, :, 16:])
+    torch.testing.assert_close(codes, 0.5 * grid.reshape(64, 32))
