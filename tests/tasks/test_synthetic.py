@@ -215,3 +215,18 @@ def test_pretrain_captions(tmp_path):
     before = draw.render_count
     assert pretrain_records(60, seed=0, image_size=64, cache_dir=str(tmp_path)).texts() == (prompts, answers)
     assert draw.render_count == before
+
+
+def test_grounded_captions_name_exact_cell_boxes_and_no_grounding_prompt():
+    """Stage 0's grounded captions write boxes the scene really has, and never use the task's prompt."""
+    from tasks.synthetic.captions import _grounded
+    from tasks.synthetic.layout import HALF
+
+    cells = {box_string(cell_box(pos, size)) for pos in range(9) for size in HALF}
+    rng = random.Random(0)
+    for _ in range(200):
+        caption, scene = _grounded(rng)
+        boxes = re.findall(r"\[[^\]]+\]", caption)
+        assert 1 <= len(boxes) == len(scene.items) <= 2 and set(boxes) <= cells
+        assert [box_string(s.box) for s in scene.items] == boxes  # each box is its object's drawn extent
+        assert "bounding box" not in caption
