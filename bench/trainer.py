@@ -207,6 +207,38 @@ def _passive_hook(hook) -> bool:
 
 
 @torch.no_grad()
+def _kv_cache(room: int):
+    """A transformers ``Cache`` whose layers reserve ``room`` positions past the prompt at prefill and
+    write each decoded token into them, instead of ``DynamicLayer``'s ``torch.cat`` of the whole cache
+    per token (a copy of every cached key and value, per layer, per step: 12% of evaluation time).
+
+    Attention gets views of exactly the filled length, the same values and shapes as the concatenated
+    tensors; SDPA on such strided views is bit-identical (the predictions are checked against
+    ``model.generate`` by ``python -m bench perf eval``). Past the room it grows by concatenation."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class RoomyLayer(DynamicLayer):
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self.filled = 0
+                b, h, n, d = key_states.shape
+                self._room_k = key_states.new_empty(b, h, n + room, d)
+                self._room_v = value_states.new_empty(b, h, n + room, d)
+            end = self.filled + key_states.shape[-2]
+            if end > self._room_k.shape[-2]:  # out of room: keep growing like DynamicLayer
+                self._room_k = torch.cat([self._room_k[..., :self.filled, :], key_states], dim=-2)
+                self._room_v = torch.cat([self._room_v[..., :self.filled, :], value_states], dim=-2)
+            else:
+                self._room_k[..., self.filled:end, :].copy_(key_states)
+                self._room_v[..., self.filled:end, :].copy_(value_states)
+            self.filled = end
+            self.keys, self.values = self._room_k[..., :end, :], self._room_v[..., :end, :]
+            return self.keys, self.values
+
+    return Cache(layer_class_to_replicate=RoomyLayer)
+
+
 def generate(model: nn.Module, loader, *, eos_id: int, max_new_tokens: int, accelerator,
              before_forward: Callable[[dict, str], None] = lambda b, p: None) -> dict[int, list[int]]:
     """Batched greedy decoding with a KV cache. Returns generated token ids (without eos) per record
@@ -242,7 +274,7 @@ def generate(model: nn.Module, loader, *, eos_id: int, max_new_tokens: int, acce
             image = {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=[kept[1]])}}
         with accelerator.autocast():
             out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True,
-                        logits_to_keep=1, **image)
+                        past_key_values=_kv_cache(max_new_tokens), logits_to_keep=1, **image)
         if store and "pixel_values" in image and image["pixel_values"] is not None:
             computed = getattr(out, "image_hidden_states", None)
             kept_bytes = sum(f.numel() * f.element_size() for _, f in features.values() if f is not computed)
