@@ -239,6 +239,32 @@ def _kv_cache(room: int):
     return Cache(layer_class_to_replicate=RoomyLayer)
 
 
+def _cache_keyword(model: nn.Module) -> str:
+    """transformers 5.24 renamed the KV-cache argument ``past_key_values`` to ``cache`` (the old name
+    warns, and goes in 5.40); pass whichever this model's forward declares."""
+    import inspect
+
+    inner = getattr(model, "module", model)  # a DDP wrapper's forward takes **kwargs
+    return "cache" if "cache" in inspect.signature(type(inner).forward).parameters else "past_key_values"
+
+
+def _returned_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _prefill_image_features(out) -> torch.Tensor | None:
+    """The projected image features a LLaVA prefill scattered into the prompt, as one tensor that
+    ``mm_encoder_outputs`` accepts back (wrapped in a one-element list: the model ``torch.cat``s it).
+    transformers moved them from ``image_hidden_states`` (one tensor) to
+    ``image_outputs.pooler_output`` (one tensor per image since 5.24); both shapes are accepted."""
+    image_outputs = getattr(out, "image_outputs", None)
+    pooled = image_outputs.pooler_output if image_outputs is not None else getattr(out, "image_hidden_states", None)
+    if isinstance(pooled, (list, tuple)):
+        pooled = torch.cat(list(pooled), dim=0) if pooled else None
+    return pooled
+
+
 def generate(model: nn.Module, loader, *, eos_id: int, max_new_tokens: int, accelerator,
              before_forward: Callable[[dict, str], None] = lambda b, p: None) -> dict[int, list[int]]:
     """Batched greedy decoding with a KV cache. Returns generated token ids (without eos) per record
@@ -261,6 +287,7 @@ def generate(model: nn.Module, loader, *, eos_id: int, max_new_tokens: int, acce
         features.clear()
     # keep features only for a split whose batches are (or are becoming) cached, within its byte budget
     store = fingerprint is not None and not getattr(loader, "too_big", True)
+    cache_kw = _cache_keyword(model)
     for position, batch in enumerate(loader):
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         mask = batch["attention_mask"]
@@ -274,13 +301,13 @@ def generate(model: nn.Module, loader, *, eos_id: int, max_new_tokens: int, acce
             image = {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=[kept[1]])}}
         with accelerator.autocast():
             out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True,
-                        past_key_values=_kv_cache(max_new_tokens), logits_to_keep=1, **image)
+                        logits_to_keep=1, **{cache_kw: _kv_cache(max_new_tokens)}, **image)
         if store and "pixel_values" in image and image["pixel_values"] is not None:
-            computed = getattr(out, "image_hidden_states", None)
+            computed = _prefill_image_features(out)
             kept_bytes = sum(f.numel() * f.element_size() for _, f in features.values() if f is not computed)
             if computed is not None and kept_bytes + computed.numel() * computed.element_size() <= loader.budget:
                 features[position] = (fingerprint, computed)
-        past = out.past_key_values
+        past = _returned_cache(out)
         token = out.logits[:, -1].argmax(-1)
         done = token == eos_id
         generated = [token]
@@ -294,8 +321,8 @@ def generate(model: nn.Module, loader, *, eos_id: int, max_new_tokens: int, acce
             before_forward(step_batch, "decode")
             with accelerator.autocast():
                 out = model(input_ids=token[:, None], attention_mask=mask, position_ids=last_pos,
-                            past_key_values=past, use_cache=True)
-            past = out.past_key_values
+                            use_cache=True, **{cache_kw: past})
+            past = _returned_cache(out)
             token = out.logits[:, -1].argmax(-1)
             generated.append(token)
             done = done | (token == eos_id)
