@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from bench.frozen import modules_fingerprint
+
 MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "labels")
 
 
@@ -171,39 +173,20 @@ def vision_fingerprint(model: nn.Module, accelerator) -> tuple | None:
     patched ``forward`` methods anywhere on that path also mean None."""
     import inspect
 
-    from torch.nn.modules import module as module_mod
-
     inner = getattr(model, "model", None)
     tower = getattr(inner, "vision_tower", None)
     projector = getattr(inner, "multi_modal_projector", None)
     if tower is None or projector is None or "mm_encoder_outputs" not in inspect.signature(type(model).forward).parameters:
         return None
-    if any(getattr(module_mod, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
-                                                         "_global_forward_hooks_with_kwargs")):
-        return None
     for m in (model, inner):
         if "forward" in m.__dict__ or "get_image_features" in m.__dict__:
             return None
+    modules = modules_fingerprint((("tower", tower), ("projector", projector)))
+    if modules is None:
+        return None
     cfg = model.config
-    parts: list[Any] = [type(model), id(inner), cfg.vision_feature_layer, cfg.vision_feature_select_strategy,
-                        accelerator.mixed_precision, str(accelerator.device), torch.get_num_threads()]
-    for root_name, root in (("tower", tower), ("projector", projector)):
-        for name, m in root.named_modules():
-            hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
-            if any(not _passive_hook(h) for h in hooks) or "forward" in m.__dict__ or m.training:
-                return None
-            parts.append((root_name, name, id(m), type(m)))
-        for name, t in [*root.named_parameters(), *root.named_buffers()]:
-            if t.requires_grad:
-                return None
-            parts.append((root_name, name, id(t), t._version, t.data_ptr(), t.dtype, tuple(t.shape)))
-    return tuple(parts)
-
-
-def _passive_hook(hook) -> bool:
-    """transformers' own output-capturing hooks (installed lazily on the vision layers the first time
-    hidden states are selected) only record outputs; any other hook may change them."""
-    return getattr(hook, "__module__", "") == "transformers.utils.output_capturing"
+    return (type(model), id(inner), cfg.vision_feature_layer, cfg.vision_feature_select_strategy,
+            accelerator.mixed_precision, str(accelerator.device), torch.get_num_threads(), *modules)
 
 
 @torch.no_grad()

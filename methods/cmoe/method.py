@@ -60,7 +60,7 @@ from bench.trainer import train_steps
 from methods import register
 from methods.cmoe.pgke import (READINGS, attach_probe, detach_probe, expand_layer, expansion_thresholds,
                                layers_to_expand, measure_usage, subset_loader)
-from methods.cmoe.ptl import TaskLocator, base_last_token_features, fit_task_vae
+from methods.cmoe.ptl import BaseFeatureCache, TaskLocator, base_last_token_features, fit_task_vae
 from methods.moe_base import MoEHParams, MoEMethod
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ class CMoE(MoEMethod):
         self._growth_report: dict[str, Any] = {}
         self._ptl_report: dict[str, Any] | None = None
         self._histograms: list[list[int]] = []  # predicted-task counts per prefill call, not yet reported
+        self.feature_cache = BaseFeatureCache()  # F_end of evaluation prompts across evaluation rows
 
     # --- construction ----------------------------------------------------------------------------
     def build_layer(self, index: int, mlp: nn.Module) -> MoEFFN:
@@ -295,7 +296,7 @@ class CMoE(MoEMethod):
         n = self.tasks_trained
         if n <= 1:   # nothing to choose between (0: a task is mid-training; use its router)
             return torch.full((B,), 0 if n == 1 else self._train_choice, dtype=torch.long, device=self.ctx.device)
-        feats = base_last_token_features(self.model, self.layers, batch, self.ctx.device)
+        feats = self.feature_cache.features(self.model, self.layers, batch, self.ctx.device)
         return self.locator.predict(feats).clamp(max=n - 1)
 
     # --- reporting -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.frozen import batch_digest, modules_fingerprint
 from bench.moe import MoEFFN, decoder_layers
 
 IGNORE = -100
@@ -88,6 +89,48 @@ def base_last_token_features(model: nn.Module, layers: Mapping[int, MoEFFN], bat
         model.train(was_training)
     rows = torch.arange(ids.shape[0], device=device)
     return hidden[rows, last_index(mask)].float()
+
+
+class BaseFeatureCache:
+    """F_end of prompt batches, reused while the base model is provably the same function.
+
+    The base model (stage 0 with every MoE layer reduced to its frozen FFN) never trains in
+    LLaVA-CMoE, and a run evaluates the same test batches T+1 times, so without this every row
+    recomputes the same F_end with one extra full prefill per batch. An entry is keyed by the batch's
+    content (``bench.frozen.batch_digest``) and valid only under the fingerprint of the base model it
+    was computed with (``bench.frozen.modules_fingerprint`` over the model with the experts bypassed:
+    every parameter frozen, same tensors and version counters, no hooks), plus device and thread
+    count; anything else recomputes. The features returned are the very tensors first computed, so
+    routing, and hence every prediction, is identical to recomputing them."""
+
+    KEYS = ("input_ids", "attention_mask", "labels", "pixel_values")
+
+    def __init__(self, max_batches: int = 256):
+        self.max_batches = max_batches
+        self.fingerprint: tuple | None = None
+        self.store: dict[bytes, torch.Tensor] = {}
+        self.hits = self.misses = 0
+
+    def features(self, model: nn.Module, layers: Mapping[int, MoEFFN], batch: Mapping[str, Any],
+                 device: torch.device) -> torch.Tensor:
+        with experts_bypassed(model, layers):
+            # F_end puts the model in eval mode itself, so the modules' mode is not part of it
+            parts = modules_fingerprint((("model", model),), require_eval=False)
+        fingerprint = None if parts is None else (str(device), torch.get_num_threads(), *parts)
+        if fingerprint is None or fingerprint != self.fingerprint:
+            self.store.clear()
+            self.fingerprint = fingerprint
+        key = batch_digest(batch, self.KEYS) if fingerprint is not None else None
+        if key is not None and key in self.store:
+            self.hits += 1
+            return self.store[key]
+        self.misses += 1
+        feats = base_last_token_features(model, layers, batch, device)
+        if key is not None:
+            if len(self.store) >= self.max_batches:
+                self.store.clear()
+            self.store[key] = feats
+        return feats
 
 
 # --------------------------------------------------------------------------------------------------

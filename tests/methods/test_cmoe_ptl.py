@@ -9,7 +9,8 @@ import torch
 
 from bench.moe import MoEFFN, decoder_layers
 from methods.cmoe.method import CMoE, CMoEHParams
-from methods.cmoe.ptl import TaskLocator, base_last_token_features, experts_bypassed, fit_task_vae
+from methods.cmoe.ptl import (BaseFeatureCache, TaskLocator, base_last_token_features, experts_bypassed,
+                              fit_task_vae)
 
 from cmoe_tiny import IMAGE, ToySplit, collate_eval, collate_train, one_thread, tiny_llava  # noqa: F401
 
@@ -87,3 +88,38 @@ def test_bypass_is_undone_on_error(installed):
             assert not isinstance(decoder_layers(model)[0].mlp, MoEFFN)
             raise RuntimeError("boom")
     assert isinstance(decoder_layers(model)[0].mlp, MoEFFN)
+
+
+def test_feature_cache_reuses_features_only_while_the_base_model_is_unchanged(installed):
+    method, model = copy.deepcopy(installed[:2])  # this test writes to base weights
+    layers, cpu = method.layers, torch.device("cpu")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    cache = BaseFeatureCache()
+    batch = collate_eval(ToySplit(0, 5).items)
+    first = cache.features(model, layers, batch, cpu)
+    assert torch.equal(first, base_last_token_features(model, layers, batch, cpu))
+    # the same prompts in new tensors (as a GPU run moves them every row): reused, not recomputed
+    assert cache.features(model, layers, {k: v.clone() for k, v in batch.items()}, cpu) is first
+    # training the experts (all a task changes) leaves the base and hence F_end alone
+    with torch.no_grad():
+        for layer in layers.values():
+            for ex in layer.experts.experts:
+                ex.lora_B.add_(1.0)
+    assert cache.features(model, layers, batch, cpu) is first
+    assert (cache.hits, cache.misses) == (2, 1)
+    # other prompts are never handed the first batch's features
+    other = collate_eval(ToySplit(1, 5).items)
+    assert torch.equal(cache.features(model, layers, other, cpu), base_last_token_features(model, layers, other, cpu))
+    # an in-place write to a base weight (an optimiser step, load_state_dict) invalidates every entry
+    weight = decoder_layers(model)[1].self_attn.q_proj.weight
+    with torch.no_grad():
+        weight.mul_(1.5)
+    fresh = cache.features(model, layers, batch, cpu)
+    assert fresh is not first and not torch.equal(fresh, first)
+    assert torch.equal(fresh, base_last_token_features(model, layers, batch, cpu))
+    # a trainable base parameter (e.g. --train-projector): nothing is reused
+    weight.requires_grad_(True)
+    misses = cache.misses
+    a, b = cache.features(model, layers, batch, cpu), cache.features(model, layers, batch, cpu)
+    assert cache.misses == misses + 2 and a is not b and torch.equal(a, b)
