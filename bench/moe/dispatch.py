@@ -39,7 +39,7 @@ def dispatch_sorted(x: torch.Tensor, experts: ExpertSet, routing: MoEOutput) -> 
     n, k = routing.expert_index.shape
     flat_expert = routing.expert_index.reshape(-1)                        # assignment a = token*k + slot
     flat_weight = routing.combine_weights.reshape(-1)
-    if routing.num_dropped:
+    if routing.capacity is not None:  # dropless routing keeps every assignment: nothing to read back
         assign = routing.kept.reshape(-1).nonzero().squeeze(1)
         flat_expert = flat_expert.index_select(0, assign)
     else:

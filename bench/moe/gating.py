@@ -100,31 +100,36 @@ def _gumbel_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Te
 
 
 def top_k_gating(logits: torch.Tensor, top_k: int, *, expert_mask: torch.Tensor | None = None,
-                 num_experts: int | None = None, capacity_factor: float | None = None,
-                 min_capacity: int = 0, second_choice_noise: bool = False, renormalize: bool = True,
-                 generator: torch.Generator | None = None) -> MoEOutput:
+                 routable_rows: torch.Tensor | None = None, num_experts: int | None = None,
+                 capacity_factor: float | None = None, min_capacity: int = 0, second_choice_noise: bool = False,
+                 renormalize: bool = True, generator: torch.Generator | None = None) -> MoEOutput:
     """Route S tokens: logits [S, E_r] -> ``MoEOutput`` (see the module docstring for the rules).
 
-    ``expert_mask`` [E_r] bool: routable rows (default all). ``num_experts`` (>= E_r): size of the
-    expert set, when the router predates later experts; those experts are unroutable and the output's
-    [*, E] fields cover them (logit -inf, probability 0, count 0). ``capacity_factor=None``: dropless.
+    ``expert_mask`` [E_r] bool: routable rows (default all); ``routable_rows``: its True indices, when
+    the caller already has them (``LinearRouter.routable_rows``: no read back from the device).
+    ``num_experts`` (>= E_r): size of the expert set, when the router predates later experts; those
+    experts are unroutable and the output's [*, E] fields cover them (logit -inf, probability 0,
+    count 0). ``capacity_factor=None``: dropless.
     """
     logits = logits.float()
     S, E_r = logits.shape
     E_all = E_r if num_experts is None else num_experts
     if E_all < E_r:
         raise ValueError(f"router has {E_r} rows for {E_all} experts")
+    all_router_rows = expert_mask is None
     if E_all > E_r:
         logits = torch.cat([logits, logits.new_full((S, E_all - E_r), float("-inf"))], dim=1)
         mask = torch.ones(E_r, dtype=torch.bool, device=logits.device) if expert_mask is None \
             else expert_mask.to(logits.device)
         expert_mask = torch.cat([mask, mask.new_zeros(E_all - E_r)])
     active = None
-    if expert_mask is not None and not bool(expert_mask.all()):
+    if all_router_rows and E_all > E_r:  # the router's own rows, known without reading the mask
+        active = torch.arange(E_r, device=logits.device)
+    elif routable_rows is not None:
+        active = routable_rows.to(logits.device)
+    elif expert_mask is not None and not bool(expert_mask.all()):
         active = expert_mask.nonzero().squeeze(1)
-        logits_c = logits.index_select(1, active)
-    else:
-        logits_c = logits
+    logits_c = logits if active is None else logits.index_select(1, active)
     E = logits_c.shape[1]
     if not 1 <= top_k <= E:
         raise ValueError(f"top_k={top_k} needs 1..{E} routable experts")

@@ -123,7 +123,12 @@ class MoEFFN(nn.Module):
     def _route(self, router: nn.Module, x: torch.Tensor, image_mask: torch.Tensor | None) -> MoEOutput:
         logits = router(x, image_mask)
         cf = self.capacity_factor_train if self.training else self.capacity_factor_eval
-        return top_k_gating(logits, self.top_k, expert_mask=getattr(router, "row_mask", None),
+        # the router knows its routable rows without reading the mask back from the device
+        mask, rows = getattr(router, "row_mask", None), None
+        if mask is not None:
+            rows = router.routable_rows()
+            mask = None if rows is None else mask
+        return top_k_gating(logits, self.top_k, expert_mask=mask, routable_rows=rows,
                             num_experts=self.experts.num_experts, capacity_factor=cf, min_capacity=self.min_capacity,
                             second_choice_noise=self.second_choice_noise,
                             renormalize=self.renormalize, generator=self.generator)

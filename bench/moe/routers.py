@@ -36,6 +36,7 @@ class LinearRouter(nn.Module):
         self.d_model = d_model
         self.groups = nn.ParameterList()
         self.register_buffer("row_mask", torch.zeros(0, dtype=torch.bool, device=device))
+        self._mask_state: tuple | None = None  # (id, version, routable_rows()) of row_mask
         self._factory = dict(device=device, dtype=dtype)
         if weight is not None:
             if weight.shape != (num_experts, d_model):
@@ -77,13 +78,27 @@ class LinearRouter(nn.Module):
             start += g.shape[0]
         return out
 
+    def routable_rows(self) -> torch.Tensor | None:
+        """The indices of the routable rows, None when no row is masked. Read from the device only
+        when the mask has changed (every in-place write, ``mask_rows`` or ``load_state_dict``, bumps
+        its version counter; growth replaces the tensor), so a training step does not wait for it."""
+        mask = self.row_mask
+        state = self._mask_state
+        if state is None or state[0] != id(mask) or state[1] != mask._version:
+            rows = None if bool(mask.all()) else mask.nonzero().squeeze(1)
+            state = self._mask_state = (id(mask), mask._version, rows)
+        return state[2]
+
+    def all_rows_routable(self) -> bool:
+        return self.routable_rows() is None
+
     # --- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, image_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x [N, d] -> logits [N, E] in the router's dtype; ``image_mask`` is ignored."""
         x = x.to(self.groups[0].dtype)
         parts = [F.linear(x, g) for g in self.groups]
         logits = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
-        if not bool(self.row_mask.all()):
+        if not self.all_rows_routable():
             logits = logits.masked_fill(~self.row_mask, float("-inf"))
         return logits
 
@@ -99,6 +114,7 @@ class LinearRouter(nn.Module):
         self.groups.append(nn.Parameter(w))
         self.row_mask = torch.cat([self.row_mask, torch.full((w.shape[0],), not masked,
                                                              dtype=torch.bool, device=w.device)])
+        self._mask_state = None  # a new tensor, possibly where a freed one lived
         return list(range(start, start + w.shape[0]))
 
     def append_rows(self, n: int = 1, *, copy_from: int | Sequence[int] | None = None,
@@ -215,6 +231,12 @@ class HyperRouter(nn.Module):
     def row_mask(self) -> torch.Tensor:
         """Routable experts: the projection's row mask."""
         return self.proj.row_mask
+
+    def routable_rows(self) -> torch.Tensor | None:
+        return self.proj.routable_rows()
+
+    def all_rows_routable(self) -> bool:
+        return self.proj.all_rows_routable()
 
     def forward(self, x: torch.Tensor, image_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x.to(self.proj.groups[0].dtype)

@@ -3,6 +3,7 @@
     trainer  bench.trainer.train_steps vs a hand-written PyTorch loop (overhead ratio)
     eval     batched greedy decoding with KV cache vs model.generate one sample at a time
     steps    training steps/s on the tiny preset or a 7B-class config (--model-config 7b)
+    syncs    host reads of tensor values (GPU synchronisation points) per training step, per method
 
 ``python -m bench.perf.moe_dispatch`` is the MoE dispatch benchmark.
 """
@@ -12,6 +13,7 @@ import importlib
 import sys
 
 BENCHMARKS = {"trainer": "bench.perf.trainer", "eval": "bench.perf.eval", "steps": "bench.perf.steps",
+              "syncs": "bench.perf.syncs",
               "moe-dispatch": "bench.perf.moe_dispatch"}
 
 

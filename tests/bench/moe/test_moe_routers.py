@@ -1,4 +1,6 @@
 """Routers: EvoMoE's DTR separates image and text tokens; the linear router's rows and masks."""
+import copy
+
 import torch
 
 from bench.moe import FFNExperts, HyperRouter, LinearRouter, MoEFFN, SwiGLUExpert, TokenHypernet
@@ -71,3 +73,43 @@ def test_linear_router_masked_rows_are_minus_inf():
     router.mask_rows([1])
     logits = router(torch.randn(4, D))
     assert torch.isinf(logits[:, 1]).all() and torch.isfinite(logits[:, [0, 2]]).all()
+
+
+def test_mask_state_is_read_once_and_follows_every_change():
+    """The router answers "all rows routable?" from a host-side copy, so it must notice every way the
+    mask can change: masking, unmasking, growth, and load_state_dict."""
+    from bench.perf.syncs import HostReadCounter
+
+    router = LinearRouter(D, 3)
+    x = torch.randn(4, D)
+    router(x)
+    with HostReadCounter() as reads:
+        router(x)
+        router(x)
+    assert reads.total == 0
+    router.mask_rows([1])
+    assert torch.equal(router.routable_rows(), torch.tensor([0, 2])) and torch.isinf(router(x)[:, 1]).all()
+    router.unmask_rows([1])
+    assert router.all_rows_routable() and torch.isfinite(router(x)).all()
+    router.append_rows(2, masked=True)
+    assert not router.all_rows_routable() and torch.isinf(router(x)[:, 3:]).all()
+    other = copy.deepcopy(router)
+    other.unmask_rows([3, 4])
+    router.load_state_dict(other.state_dict())  # an in-place copy into the same mask tensor
+    assert router.all_rows_routable() and torch.isfinite(router(x)).all()
+
+
+def test_dropless_moe_step_reads_only_the_expert_counts():
+    """One training step of a dropless MoE layer with every row routable reads one tensor back from
+    the device: the per-expert counts the sorted dispatch splits by (inherent to variable-size
+    expert batches). With a capacity the kept assignments are read too (one ``nonzero``)."""
+    from bench.perf.syncs import HostReadCounter
+
+    for capacity, expected in ((None, {"tolist"}), (1.0, {"tolist", "nonzero", "__float__"})):
+        experts = FFNExperts([SwiGLUExpert(D, 16) for _ in range(4)])
+        moe = MoEFFN(experts, LinearRouter(D, 4), top_k=2, capacity_factor_train=capacity)
+        x = torch.randn(2, 6, D, requires_grad=True)
+        moe(x).sum().backward()
+        with HostReadCounter() as reads:
+            moe(x).sum().backward()
+        assert {site.split(" ")[0] for site in reads.sites} == expected, reads.sites
