@@ -73,7 +73,8 @@ def _project_frame() -> str:
     return "outside the project"
 
 
-def count(method_name: str, steps: int) -> HostReadCounter:
+def count(method_name: str, steps: int) -> tuple[HostReadCounter, object]:
+    """(reads during ``steps`` training steps, the method) for one registered method."""
     from bench.perf.trainer import build
     from bench.trainer import train_steps
 
@@ -92,7 +93,7 @@ def count(method_name: str, steps: int) -> HostReadCounter:
     for site in logging:
         counter.sites[site] -= 1
     counter.sites = +counter.sites
-    return counter
+    return counter, method
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| method | reads / step | where (reads / step) |")
     print("|---|---:|---|")
     for name in names:
-        c = count(name, args.steps)
+        c, _ = count(name, args.steps)
         where = "; ".join(f"{site}: {n / args.steps:g}" for site, n in c.sites.most_common())
         print(f"| {name} | {c.total / args.steps:g} | {where or '-'} |")
         sys.stdout.flush()
