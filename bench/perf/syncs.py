@@ -11,7 +11,8 @@ of a tensor, and the ops whose output shape depends on values (``nonzero``, ``un
 stalls the host until the device has caught up. Reads of CPU tensors that never touch the device (a
 ``torch.Generator`` on the CPU, say) are counted too, so the figures are an upper bound. The trainer's
 own loss logging (one read every ``log_every`` steps) is excluded by logging only once, at the end.
-Prints reads per step and where they come from (the first frame in this project's code).
+Prints reads per step and where they come from (the first frame in this project's code, and the
+library file when the read happens inside a library).
 """
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ class HostReadCounter(TorchFunctionMode):
 
 
 def _project_frame() -> str:
-    """``file:line (function)`` of the first frame in this project's code, and, when the read itself
-    happens inside a library (the optimizer, transformers), ``in <library file>`` first."""
+    """``file:line (function)`` of the first frame in this project's code, prefixed with
+    ``<library file> via`` when the read itself happens inside a library (the optimizer, transformers)."""
     stack = traceback.extract_stack()[:-2]
     origin = None
     for frame in reversed(stack):

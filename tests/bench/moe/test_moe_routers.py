@@ -102,7 +102,8 @@ def test_mask_state_is_read_once_and_follows_every_change():
 def test_dropless_moe_step_reads_only_the_expert_counts():
     """One training step of a dropless MoE layer with every row routable reads one tensor back from
     the device: the per-expert counts the sorted dispatch splits by (inherent to variable-size
-    expert batches). With a capacity the kept assignments are read too (one ``nonzero``)."""
+    expert batches). With a capacity the kept assignments are read too (one ``nonzero``), and
+    ``expert_capacity`` reads its own CPU scalar."""
     from bench.perf.syncs import HostReadCounter
 
     for capacity, expected in ((None, {"tolist"}), (1.0, {"tolist", "nonzero", "__float__"})):
