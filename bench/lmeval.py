@@ -149,7 +149,8 @@ class CMBLM(LM):
                                    [[] for _ in records], has_image)
             loader = eval_loader(self.backbone, encoded, self.batch_size)
             ids = generate(self.model, loader, eos_id=self.backbone.eos_id, max_new_tokens=max_new,
-                           accelerator=self.accelerator, before_forward=self.method.before_forward)
+                           accelerator=self.accelerator, before_forward=self.method.before_forward,
+                           select_rows=self.method.select_rows, split_rows=self.method.rows_independent_at_eval())
             for local, i in enumerate(members):
                 text = self.backbone.decode(ids[local])
                 for stop in until:

@@ -4,14 +4,19 @@
 and ``A`` kaiming-uniform (peft's default, which CoIN's LoRA baseline uses). Why not N(0, 0.01): with
 A that small the product B A grows from almost nothing and the tiny decoder barely moves within a
 150-step task budget.
+
+At evaluation (``merged_for_eval``) each adapter runs as one linear with ``W + (alpha / r) B A``: the
+same function, one matmul instead of three plus an add, 15% of an evaluation row on the tiny preset.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -28,13 +33,33 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype,
                                                device=base.weight.device))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged: torch.Tensor | None = None  # W + scale * B A while merged_for_eval is active
 
     @property
     def weight(self) -> torch.Tensor:  # lets code that inspects `.weight` (e.g. dtype checks) keep working
         return self.base.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the merged weight carries no gradient to A and B: only where none is being recorded
+        if self.merged is not None and not torch.is_grad_enabled():
+            return F.linear(x, self.merged, self.base.bias)
         return self.base(x) + (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scale
+
+
+@contextmanager
+def merged_for_eval(model: nn.Module) -> Iterator[int]:
+    """Within the block, every ``LoRALinear`` of ``model`` in eval mode computes ``x (W + s B A)^T + b``
+    in one linear whenever autograd is off; the weights themselves are never written, so nothing
+    can drift, and the merged copies are dropped on exit. Yields the number of adapters merged."""
+    adapters = [m for m in model.modules() if isinstance(m, LoRALinear) and not m.training]
+    with torch.no_grad():
+        for a in adapters:
+            a.merged = torch.addmm(a.base.weight, a.lora_B, a.lora_A, alpha=a.scale)
+    try:
+        yield len(adapters)
+    finally:
+        for a in adapters:
+            a.merged = None
 
 
 @dataclass

@@ -189,39 +189,6 @@ def vision_fingerprint(model: nn.Module, accelerator) -> tuple | None:
             accelerator.mixed_precision, str(accelerator.device), torch.get_num_threads(), *modules)
 
 
-@torch.no_grad()
-def _kv_cache(room: int):
-    """A transformers ``Cache`` whose layers reserve ``room`` positions past the prompt at prefill and
-    write each decoded token into them, instead of ``DynamicLayer``'s ``torch.cat`` of the whole cache
-    per token (a copy of every cached key and value, per layer, per step: 12% of evaluation time).
-
-    Attention gets views of exactly the filled length, the same values and shapes as the concatenated
-    tensors; SDPA on such strided views is bit-identical (the predictions are checked against
-    ``model.generate`` by ``python -m bench perf eval``). Past the room it grows by concatenation."""
-    from transformers.cache_utils import Cache, DynamicLayer
-
-    class RoomyLayer(DynamicLayer):
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-                self.filled = 0
-                b, h, n, d = key_states.shape
-                self._room_k = key_states.new_empty(b, h, n + room, d)
-                self._room_v = value_states.new_empty(b, h, n + room, d)
-            end = self.filled + key_states.shape[-2]
-            if end > self._room_k.shape[-2]:  # out of room: keep growing like DynamicLayer
-                self._room_k = torch.cat([self._room_k[..., :self.filled, :], key_states], dim=-2)
-                self._room_v = torch.cat([self._room_v[..., :self.filled, :], value_states], dim=-2)
-            else:
-                self._room_k[..., self.filled:end, :].copy_(key_states)
-                self._room_v[..., self.filled:end, :].copy_(value_states)
-            self.filled = end
-            self.keys, self.values = self._room_k[..., :end, :], self._room_v[..., :end, :]
-            return self.keys, self.values
-
-    return Cache(layer_class_to_replicate=RoomyLayer)
-
-
 def _cache_keyword(model: nn.Module) -> str:
     """transformers 5.24 renamed the KV-cache argument ``past_key_values`` to ``cache`` (the old name
     warns, and goes in 5.40); pass whichever this model's forward declares."""
@@ -248,19 +215,68 @@ def _prefill_image_features(out) -> torch.Tensor | None:
     return pooled
 
 
+def _image_rows(input_ids: torch.Tensor, image_token_id: int | None) -> list[int] | None:
+    """Cumulative image count before each row ([B + 1]): a batch's ``pixel_values`` hold one image per
+    row that has image tokens, in row order, so rows [s, e) own images [starts[s], starts[e])."""
+    if image_token_id is None:
+        return None
+    has = (input_ids == image_token_id).any(1).long()
+    return [0, *has.cumsum(0).tolist()]
+
+
+PREFILL_CHUNK = 32  # prompts per prefill forward; see generate
+COMPACT_FRACTION = 0.25  # drop finished rows from the decoding batch once they are this share of it
+
+
+@torch.no_grad()
 def generate(model: nn.Module, loader, *, eos_id: int, max_new_tokens: int, accelerator,
-             before_forward: Callable[[dict, str], None] = lambda b, p: None) -> dict[int, list[int]]:
+             before_forward: Callable[[dict, str], None] = lambda b, p: None,
+             select_rows: Callable[[torch.Tensor | None], None] = lambda rows: None,
+             split_rows: bool = True, prefill_chunk: int = PREFILL_CHUNK) -> dict[int, list[int]]:
     """Batched greedy decoding with a KV cache. Returns generated token ids (without eos) per record
     index. Prompts are left-padded, so positions come from the attention mask, and every sample
-    appends its next token in the same column; a sample that emitted eos is frozen (its later tokens
-    are ignored) and the batch stops when all samples are done.
+    appends its next token in the same column; the batch stops when all samples are done.
+
+    Three things make it fast without changing what a sample computes (each row's attention and
+    matmuls see only that row: the predictions are checked against ``model.generate`` one record at a
+    time by ``python -m bench perf eval``):
+
+    * the prompt batch is prefilled ``prefill_chunk`` prompts at a time into one shared KV buffer
+      (``bench.kv_cache.KVRooms``): a chunk's activations stay in cache between the matmuls and the
+      elementwise steps (RMSNorm, rotary, SiLU), the whole-batch prefill streams them from memory;
+    * rows whose sample emitted eos are dropped from the decoding batch (KV buffers included) once they
+      are ``COMPACT_FRACTION`` of it, so late steps run on the samples still generating only;
+    * no autograd graph is recorded (a method's trainable parameters keep ``requires_grad``);
+    * LoRA adapters (``bench.lora``) run merged into their linear (``merged_for_eval``).
+
+    The method sees the whole prompt batch once (``before_forward(batch, "prefill")``), then
+    ``select_rows(rows)`` tells it which rows of that batch the next forwards run on (a prefill chunk,
+    the rows still decoding; None: all), so per-sample state such as PTL's router choice or the
+    image-token mask follows its rows. ``split_rows=False`` (a method whose rows interact within a
+    forward, e.g. MoE capacity: ``method.rows_independent_at_eval()``) keeps the batch whole: one
+    prefill forward, and every row decoded until the last sample is done.
 
     When ``loader`` is a cached ``bench.data.EvalBatches`` (the same batches every evaluation row),
     the image features each batch's prefill computed are kept and passed back to the model
     (``mm_encoder_outputs``) on later rows instead of running the vision tower and projector again,
     but only while ``vision_fingerprint`` proves that path unchanged; the features are the exact
     tensors the first prefill scattered into the prompt, so the predictions are identical."""
+    from bench.lora import merged_for_eval
+
     model.eval()
+    with merged_for_eval(model):
+        return _generate(model, loader, eos_id=eos_id, max_new_tokens=max_new_tokens, accelerator=accelerator,
+                         before_forward=before_forward, select_rows=select_rows, split_rows=split_rows,
+                         prefill_chunk=prefill_chunk)
+
+
+def _generate(model: nn.Module, loader, *, eos_id: int, max_new_tokens: int, accelerator,
+              before_forward: Callable[[dict, str], None], select_rows: Callable[[torch.Tensor | None], None],
+              split_rows: bool, prefill_chunk: int) -> dict[int, list[int]]:
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from bench.kv_cache import KVRooms
+
     device = accelerator.device
     results: dict[int, list[int]] = {}
     features = getattr(loader, "features", None)
@@ -271,45 +287,88 @@ def generate(model: nn.Module, loader, *, eos_id: int, max_new_tokens: int, acce
     # keep features only for a split whose batches are (or are becoming) cached, within its byte budget
     store = fingerprint is not None and not getattr(loader, "too_big", True)
     cache_kw = _cache_keyword(model)
+    image_token_id = getattr(getattr(model, "module", model).config, "image_token_id", None)
     for position, batch in enumerate(loader):
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        mask = batch["attention_mask"]
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        B = ids.shape[0]
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         before_forward(batch, "prefill")
-        image: dict[str, Any] = {"pixel_values": batch.get("pixel_values")}
-        kept = features.get(position) if reuse and fingerprint is not None and image["pixel_values"] is not None else None
-        if kept is not None and kept[0] == fingerprint:
-            from transformers.modeling_outputs import BaseModelOutputWithPooling
+        pixels = batch.get("pixel_values")
+        kept = features.get(position) if reuse and fingerprint is not None and pixels is not None else None
+        reused = kept[1] if kept is not None and kept[0] == fingerprint else None
+        chunk = max(1, min(prefill_chunk, B)) if split_rows else B
+        image_starts = _image_rows(ids, image_token_id) if pixels is not None and chunk < B else None
+        if pixels is not None and image_starts is None:
+            chunk = B  # which rows own which images is unknown: one forward over the whole batch
+        rooms = KVRooms(B, max_new_tokens)
+        logits, computed = [], []
+        try:
+            for s in range(0, B, chunk):
+                rows = slice(s, min(B, s + chunk))
+                a, b = (image_starts[rows.start], image_starts[rows.stop]) if image_starts else (0, None)
+                image: dict[str, Any] = {}
+                if pixels is not None and (b is None or b > a):
+                    if reused is not None:
+                        per_image = reused.shape[0] // pixels.shape[0]
+                        part = reused if b is None else reused[a * per_image: b * per_image]
+                        image = {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=[part])}}
+                    else:
+                        image = {"pixel_values": pixels if b is None else pixels[a:b]}
+                if chunk < B:
+                    select_rows(torch.arange(rows.start, rows.stop, device=device))
+                with accelerator.autocast():
+                    out = model(input_ids=ids[rows], attention_mask=mask[rows], position_ids=positions[rows],
+                                use_cache=True, logits_to_keep=1, **{cache_kw: rooms.chunk_cache(rows)}, **image)
+                logits.append(out.logits[:, -1])
+                if "pixel_values" in image:
+                    computed.append(_prefill_image_features(out))
+            if chunk < B:
+                select_rows(None)
+            if store and computed and all(f is not None for f in computed):
+                new = computed[0] if len(computed) == 1 else torch.cat(computed)
+                kept_bytes = sum(f.numel() * f.element_size() for p, (_, f) in features.items() if p != position)
+                if kept_bytes + new.numel() * new.element_size() <= loader.budget:
+                    features[position] = (fingerprint, new)
+            results.update(_decode(model, rooms.batch_cache(), torch.cat(logits).argmax(-1), mask,
+                                   positions[:, -1:], batch["index"], eos_id=eos_id, max_new_tokens=max_new_tokens,
+                                   accelerator=accelerator, cache_kw=cache_kw, before_forward=before_forward,
+                                   select_rows=select_rows, compact=split_rows))
+        finally:
+            select_rows(None)
+    return results
 
-            image = {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=[kept[1]])}}
+
+def _decode(model: nn.Module, past, token: torch.Tensor, mask: torch.Tensor, last_pos: torch.Tensor,
+            index: torch.Tensor, *, eos_id: int, max_new_tokens: int, accelerator, cache_kw: str,
+            before_forward: Callable[[dict, str], None], select_rows: Callable[[torch.Tensor | None], None],
+            compact: bool) -> dict[int, list[int]]:
+    """Greedy decoding of one prefilled batch from its first tokens ``token`` [B]; see ``generate``."""
+    B = token.shape[0]
+    out_tokens = torch.full((B, max_new_tokens), eos_id, dtype=torch.long, device=token.device)
+    out_tokens[:, 0] = token
+    alive = torch.arange(B, device=token.device)  # the batch rows still in the decoding batch
+    done = token == eos_id
+    for step in range(1, max_new_tokens):
+        n_done = int(done.sum())  # the one host sync per generated token (evaluation only)
+        if n_done == alive.numel():
+            break
+        if compact and n_done and n_done >= COMPACT_FRACTION * alive.numel():
+            keep = (~done).nonzero().squeeze(1)
+            alive, token, mask, last_pos, done = alive[keep], token[keep], mask[keep], last_pos[keep], done[keep]
+            past.batch_select_indices(keep)
+            select_rows(alive)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        last_pos = last_pos + 1
+        before_forward({"input_ids": token[:, None], "attention_mask": mask}, "decode")
         with accelerator.autocast():
-            out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True,
-                        logits_to_keep=1, **{cache_kw: _kv_cache(max_new_tokens)}, **image)
-        if store and "pixel_values" in image and image["pixel_values"] is not None:
-            computed = _prefill_image_features(out)
-            kept_bytes = sum(f.numel() * f.element_size() for _, f in features.values() if f is not computed)
-            if computed is not None and kept_bytes + computed.numel() * computed.element_size() <= loader.budget:
-                features[position] = (fingerprint, computed)
+            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=last_pos, use_cache=True,
+                        **{cache_kw: past})
         past = _returned_cache(out)
         token = out.logits[:, -1].argmax(-1)
-        done = token == eos_id
-        generated = [token]
-        last_pos = positions[:, -1:]
-        for _ in range(max_new_tokens - 1):
-            if bool(done.all()):  # one host sync per generated token (evaluation only, never in training)
-                break
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            last_pos = last_pos + 1
-            step_batch = {"input_ids": token[:, None], "attention_mask": mask}
-            before_forward(step_batch, "decode")
-            with accelerator.autocast():
-                out = model(input_ids=token[:, None], attention_mask=mask, position_ids=last_pos,
-                            use_cache=True, **{cache_kw: past})
-            past = _returned_cache(out)
-            token = out.logits[:, -1].argmax(-1)
-            generated.append(token)
-            done = done | (token == eos_id)
-        seqs = torch.stack(generated, dim=1).tolist()
-        for idx, seq in zip(batch["index"].tolist(), seqs):
-            results[idx] = seq[: seq.index(eos_id)] if eos_id in seq else seq
+        out_tokens[alive, step] = token
+        done = done | (token == eos_id)
+    results = {}
+    for idx, seq in zip(index.tolist(), out_tokens.tolist()):
+        results[idx] = seq[: seq.index(eos_id)] if eos_id in seq else seq
     return results

@@ -91,6 +91,17 @@ class ContinualMethod:
         Lets a method see input-level information such as the image-token mask or pick a router
         (PTL) from the prompt; the model itself never receives a task id."""
 
+    def select_rows(self, rows: torch.Tensor | None) -> None:
+        """Evaluation only: the next forwards run on rows ``rows`` (long, ascending) of the batch last
+        given to ``before_forward(batch, "prefill")`` (a prefill chunk, or the samples still decoding);
+        None: on all of it. A method that keeps per-sample state from the prompt must index it here."""
+
+    def rows_independent_at_eval(self) -> bool:
+        """Whether each sample's evaluation output depends on that sample alone, so that the evaluator
+        may split a prompt batch (``bench.trainer.generate``). False for anything that couples the
+        rows of a forward, such as MoE capacity with token dropping."""
+        return True
+
     def set_eval_task(self, task_index: int | None) -> None:
         """Oracle ablations only (``oracle = True``): the harness announces the true task index before
         evaluating that task's test set, and None afterwards. Never called for other methods."""

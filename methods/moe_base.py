@@ -74,6 +74,13 @@ class MoEMethod(ContinualMethod):
             for layer in self.layers.values():
                 layer.set_token_types(mask)
 
+    def select_rows(self, rows: torch.Tensor | None) -> None:
+        for layer in self.layers.values():
+            layer.select_rows(rows)
+
+    def rows_independent_at_eval(self) -> bool:
+        return all(layer.rows_independent_at_eval() for layer in self.layers.values())
+
     def reset_usage(self) -> None:
         for layer in self.layers.values():
             layer.reset_usage()

@@ -11,6 +11,8 @@ module before the forward and the per-forward outputs are read from it afterward
 * ``set_token_types(image_mask [B, T])`` — image-token mask for the DTR router;
 * ``set_router_choice(int | LongTensor[B])`` — which of the layer's routers routes each sample
   (LLaVA-CMoE's per-task routers picked per sample by PTL);
+* ``select_rows(LongTensor | None)`` — the next forwards run on these rows of the batch the two above
+  were set for (a prefill chunk, or the samples still decoding at evaluation);
 * ``last_output`` — the ``MoEOutput`` of the latest forward (aux loss with its graph, router logits,
   per-expert kept / dropped counts). It is instance state overwritten by every forward, never global;
 * ``usage_counts`` / ``usage_fraction()`` — per-expert assignments summed since ``reset_usage()``.
@@ -71,6 +73,7 @@ class MoEFFN(nn.Module):
         self.usage_tokens = 0
         self._image_mask: torch.Tensor | None = None
         self._router_choice: int | torch.Tensor = 0
+        self._rows: torch.Tensor | None = None
 
     # --- routers ----------------------------------------------------------------------------------
     @property
@@ -109,6 +112,30 @@ class MoEFFN(nn.Module):
         """
         self._image_mask = image_mask
 
+    def select_rows(self, rows: torch.Tensor | None) -> None:
+        """The next forwards see rows ``rows`` of the batch that the router choice and the token-type
+        mask were set for (evaluation: a prefill chunk, or the samples still decoding); None = all."""
+        self._rows = rows
+
+    def rows_independent_at_eval(self) -> bool:
+        """Whether, in eval mode, a row's output depends on that row alone. Not with a capacity (which
+        tokens are dropped depends on every token of the forward) or Gumbel noise on the second choice
+        (the draws follow the token count): splitting such a batch changes the predictions."""
+        return self.capacity_factor_eval is None and not self.second_choice_noise
+
+    def _sample_state(self, T: int) -> tuple[int | torch.Tensor, torch.Tensor | None]:
+        """The router choice and image mask for the rows a forward over ``T`` positions runs on (the
+        mask only if it covers ``T`` positions: decoded tokens are text)."""
+        choice, mask = self._router_choice, self._image_mask
+        if mask is not None and mask.shape[-1] != T:
+            mask = None
+        if self._rows is not None:
+            if not isinstance(choice, int):
+                choice = choice.index_select(0, self._rows.to(choice.device))
+            if mask is not None:
+                mask = mask.index_select(0, self._rows.to(mask.device))
+        return choice, mask
+
     def reset_usage(self) -> None:
         self.usage_counts, self.usage_tokens = None, 0
 
@@ -134,12 +161,11 @@ class MoEFFN(nn.Module):
                             renormalize=self.renormalize, generator=self.generator)
 
     def _route_per_sample(self, x: torch.Tensor, image_mask: torch.Tensor | None, B: int,
-                          T: int) -> MoEOutput:
-        """Group tokens by their sample's router, gate each group on its own, merge the plans.
-
-        Capacity, if any, applies per group; the aux loss is the token-weighted mean over groups.
+                          T: int, choice: torch.Tensor) -> MoEOutput:
+        """Group tokens by their sample's router (``choice`` [B]), gate each group on its own, merge
+        the plans. Capacity, if any, applies per group; the aux loss is the token-weighted mean over
+        groups.
         """
-        choice = self._router_choice
         if choice.shape != (B,):
             raise ValueError(f"router choice has shape {tuple(choice.shape)}, batch is {B}")
         per_token = choice.to(x.device).repeat_interleave(T)
@@ -177,14 +203,15 @@ class MoEFFN(nn.Module):
         *lead, d = hidden_states.shape
         x = hidden_states.reshape(-1, d)
         B, T = (lead[0], lead[1]) if len(lead) == 2 else (1, x.shape[0])
+        choice, sample_mask = self._sample_state(T)
         image_mask = None
-        if self._image_mask is not None and tuple(self._image_mask.shape) == (B, T):
-            image_mask = self._image_mask.reshape(-1).to(device=x.device, dtype=torch.bool)
+        if sample_mask is not None and tuple(sample_mask.shape) == (B, T):
+            image_mask = sample_mask.reshape(-1).to(device=x.device, dtype=torch.bool)
 
-        if isinstance(self._router_choice, int):
-            out = self._route(self.routers[self._router_choice], x, image_mask)
+        if isinstance(choice, int):
+            out = self._route(self.routers[choice], x, image_mask)
         else:
-            out = self._route_per_sample(x, image_mask, B, T)
+            out = self._route_per_sample(x, image_mask, B, T, choice)
 
         run = dispatch_sorted if self.dispatch == "fast" else dispatch_eager
         y = run(x, self.experts, out)

@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, encoded, ix in sets:
             loader = eval_loader(backbone, encoded, batch_size, indices=ix)
             res[name] = generate(model, loader, eos_id=backbone.eos_id, max_new_tokens=max_new,
-                                 accelerator=accelerator, before_forward=method.before_forward)
+                                 accelerator=accelerator, before_forward=method.before_forward,
+                                 select_rows=method.select_rows, split_rows=method.rows_independent_at_eval())
         results["harness"] = res
         return time.perf_counter() - t
 
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                     batches = eval_loader(backbone, encoded, batch_size, indices=ix)
                     row[name] = generate(model, batches if cached else batches.loader, eos_id=backbone.eos_id,
                                          max_new_tokens=max_new, accelerator=accelerator,
-                                         before_forward=method.before_forward)
+                                         before_forward=method.before_forward,
+                                 select_rows=method.select_rows, split_rows=method.rows_independent_at_eval())
                 outputs["cached" if cached else "uncached"].append(row)
             return time.perf_counter() - t
 
@@ -141,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         other = {name: generate(model, eval_loader(backbone, encoded, args.compare_batch, indices=ix).loader,
                                 eos_id=backbone.eos_id, max_new_tokens=max_new, accelerator=accelerator,
-                                before_forward=method.before_forward) for name, encoded, ix in sets}
+                                before_forward=method.before_forward,
+                                 select_rows=method.select_rows, split_rows=method.rows_independent_at_eval()) for name, encoded, ix in sets}
         tb = time.perf_counter() - t
         diff = sum(other[name][i] != results["harness"][name][i] for name, _, ix in sets for i in ix)
         print(f"eval batch {args.compare_batch}: one row {tb:.2f} s (batch {batch_size}, cached: "

@@ -62,6 +62,51 @@ def test_per_sample_router_choice_equals_running_each_sample_alone():
     assert moe.last_output.expert_counts[2].item() == 0
 
 
+class ImageBiasedRouter(torch.nn.Module):
+    """A router whose choice depends on the image mask: image tokens are pushed to expert 0."""
+
+    def __init__(self, d: int, n: int):
+        super().__init__()
+        self.inner = LinearRouter(d, n)
+
+    def forward(self, x, image_mask=None):
+        logits = self.inner(x, None)
+        if image_mask is not None:
+            logits = logits + 10.0 * image_mask.float().unsqueeze(1) * torch.nn.functional.one_hot(
+                torch.zeros_like(image_mask, dtype=torch.long), logits.shape[1])
+        return logits
+
+
+def test_selected_rows_see_their_own_router_choice_and_image_mask():
+    """Chunked prefill and decode compaction run a subset of the prompt batch: per-sample state set
+    for the whole batch must follow the rows (generate calls select_rows)."""
+    torch.manual_seed(3)
+    experts = FFNExperts([SwiGLUExpert(D, 32) for _ in range(3)])
+    moe = MoEFFN(experts, ImageBiasedRouter(D, 3), top_k=1)
+    moe.add_router(ImageBiasedRouter(D, 3))
+    x = torch.randn(5, 4, D)
+    choice = torch.tensor([1, 0, 0, 1, 1])
+    image = torch.rand(5, 4) < 0.5
+    moe.set_router_choice(choice)
+    moe.set_token_types(image)
+    with torch.no_grad():
+        full = moe(x)
+        for rows in (torch.tensor([0, 1]), torch.tensor([1, 3, 4]), torch.tensor([2])):
+            moe.select_rows(rows)
+            torch.testing.assert_close(moe(x[rows]), full[rows], rtol=1e-6, atol=1e-6)
+        # a decoding step (one text token per row) on the rows still generating
+        moe.select_rows(torch.tensor([0, 4]))
+        step = moe(x[[0, 4], :1])
+        moe.select_rows(None)
+        moe.set_router_choice(choice[[0, 4]])
+        moe.set_token_types(None)
+        torch.testing.assert_close(step, moe(x[[0, 4], :1]), rtol=1e-6, atol=1e-6)
+        # without the selection the per-sample choice no longer matches the batch: a clear error
+        moe.set_router_choice(choice)
+        with pytest.raises(ValueError, match="router choice"):
+            moe(x[:2])
+
+
 def test_select_moe_layers():
     assert select_moe_layers(5) == [0, 2, 4]
     assert select_moe_layers(3, "all") == [0, 1, 2]
