@@ -118,10 +118,14 @@ class MoEFFN(nn.Module):
         self._rows = rows
 
     def rows_independent_at_eval(self) -> bool:
-        """Whether, in eval mode, a row's output depends on that row alone. Not with a capacity (which
-        tokens are dropped depends on every token of the forward) or Gumbel noise on the second choice
-        (the draws follow the token count): splitting such a batch changes the predictions."""
-        return self.capacity_factor_eval is None and not self.second_choice_noise
+        """Whether, in eval mode, a row's output depends on that row alone. Not with Gumbel noise on the
+        second choice (the draws follow the forward's token count), nor with a capacity that can drop
+        tokens (which ones depends on every token of the forward): splitting such a batch changes the
+        predictions. A capacity ``C = ceil(S / E · k · cf)`` with ``k · cf >= E`` is at least the S
+        tokens of any forward, and an expert receives at most one assignment per token, so it never
+        drops (MoE-LLaVA's eval factor 2.0 at top-2 over 4 experts)."""
+        cf = self.capacity_factor_eval
+        return not self.second_choice_noise and (cf is None or cf * self.top_k >= self.experts.num_experts)
 
     def _sample_state(self, T: int) -> tuple[int | torch.Tensor, torch.Tensor | None]:
         """The router choice and image mask for the rows a forward over ``T`` positions runs on (the

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import math
 
+import collections
+
 import pytest
+import torch
+from accelerate import Accelerator
 from frozen_check import FrozenCheck  # tests/ is on sys.path through its conftest.py
 from roundtrip_check import assert_round_trip
 
 import methods
+import bench.trainer as trainer
+from bench.moe import moe_layers_of
 from bench.protocol import run
 from bench.records import read_record
 
@@ -35,4 +41,40 @@ def test_method_runs_two_tasks(name, tiny_config):
         assert 0 < counts["trained"] <= counts["total"]
         assert 0 < counts["activated_per_token"] <= counts["total"]
     assert record["wall_time"]["training"] > 0 and record["wall_time"]["evaluation"] > 0
+    assert_split_evaluation_is_exact(live["method"], live["model"])
     assert_round_trip(cfg, record, live["method"], live["model"])
+
+
+def assert_split_evaluation_is_exact(method, model, b: int = 9) -> None:
+    """The trained method evaluates a prompt batch split into prefill chunks, with finished rows
+    dropped from decoding, to the same tokens as one whole-batch forward decoding every row; a method
+    whose rows interact (MoE capacity, second-choice noise) says so and is never split."""
+    if not method.rows_independent_at_eval():
+        assert any(m.second_choice_noise or m.capacity_factor_eval is not None for m in moe_layers_of(model))
+        return
+    g = torch.Generator().manual_seed(0)
+    cfg = model.config
+    n_img, size = cfg.image_seq_length, cfg.vision_config.image_size
+    rows = []
+    for r in range(b):
+        text = torch.randint(5, cfg.text_config.vocab_size - 1, (12,), generator=g)
+        text[text == cfg.image_token_id] = 5
+        rows.append(torch.cat([text[:3], torch.full((n_img,), cfg.image_token_id), text[3:]]) if r % 3 else text)
+    batch = {"input_ids": torch.stack([torch.nn.functional.pad(x, (n_img + 12 - len(x), 0)) for x in rows]),
+             "index": torch.arange(b), "pixel_values": torch.randn(sum(r % 3 != 0 for r in range(b)), 3, size, size,
+                                                                   generator=g)}
+    batch["attention_mask"] = torch.stack([torch.arange(n_img + 12) >= n_img + 12 - len(x) for x in rows]).long()
+
+    def decode(eos: int, split: bool) -> dict[int, list[int]]:
+        return trainer.generate(model, [batch], eos_id=eos, max_new_tokens=6, accelerator=Accelerator(cpu=True),
+                                before_forward=method.before_forward, select_rows=method.select_rows,
+                                split_rows=split, prefill_chunk=4)
+
+    full = decode(-1, split=False)
+    eos = collections.Counter(t for seq in full.values() for t in seq[1:4]).most_common(1)[0][0]
+    old = trainer.COMPACT_FRACTION
+    trainer.COMPACT_FRACTION = 0.1
+    try:
+        assert decode(eos, split=True) == decode(eos, split=False)
+    finally:
+        trainer.COMPACT_FRACTION = old

@@ -107,6 +107,27 @@ def test_selected_rows_see_their_own_router_choice_and_image_mask():
             moe(x[:2])
 
 
+def test_rows_are_independent_only_when_no_token_can_be_dropped():
+    """A capacity with k·cf >= E is at least the token count of any forward: nothing is dropped and a
+    row's output is its own, so the evaluator may split the batch; a smaller one, or the Gumbel
+    second-choice noise, couples the rows."""
+    torch.manual_seed(4)
+    experts = FFNExperts([SwiGLUExpert(D, 32) for _ in range(4)])
+    moe = MoEFFN(experts, LinearRouter(D, 4), top_k=2, capacity_factor_eval=2.0).eval()
+    x = torch.randn(6, 5, D) * 3
+    assert moe.rows_independent_at_eval()
+    with torch.no_grad():
+        full = moe(x)
+        assert moe.last_output.dropped_counts.sum().item() == 0
+        torch.testing.assert_close(moe(x[2:4]), full[2:4], rtol=1e-6, atol=1e-6)
+        moe.capacity_factor_eval = 0.5
+        assert not moe.rows_independent_at_eval()
+        moe(x)
+        assert moe.last_output.dropped_counts.sum().item() > 0
+    moe.capacity_factor_eval, moe.second_choice_noise = None, True
+    assert not moe.rows_independent_at_eval()
+
+
 def test_select_moe_layers():
     assert select_moe_layers(5) == [0, 2, 4]
     assert select_moe_layers(3, "all") == [0, 1, 2]
