@@ -18,7 +18,13 @@ Compared, per number of experts E (each expert a SwiGLU FFN of width d_ff, top-k
   gradient for each (``_foreach_zero_``). A training step of an E-expert layer has to move at least
   this much memory (the forward reads every routed expert's weights, the backward reads them again
   for the input gradient and writes their weight gradients; E · 3 · d · d_ff floats each way), so it
-  is the part of the cost that grows with E whatever the dispatch does.
+  is the part of the cost that grows with E whatever the dispatch does;
+* ``gemm``  — the fast step's matmuls and nothing else: per expert, with the rows the router gave it,
+  the 3 forward and 6 backward products (``X W_g^T``, ``X W_u^T``, ``H W_d^T``; ``dY^T H``, ``dY W_d``,
+  ``dG^T X``, ``dU^T X``, ``dG W_g``, ``dU W_u``) into preallocated outputs on the experts' own weights:
+  no routing, no gather or scatter, no elementwise work, no allocation. It is the floor of any dispatch
+  that runs one GEMM chain per expert with this BLAS, and it shows how much of the growth with E is the
+  BLAS's efficiency on few rows per expert (plus cold weights) rather than the dispatch.
 
 Each timing is the median of ``--repeats`` steps after ``--warmup`` steps, all variants interleaved
 round by round with the same input and output gradient (the routing of a variant is the same in every
@@ -94,6 +100,32 @@ def stream(weights: list[torch.Tensor], clock=time.perf_counter) -> float:
     return t
 
 
+def gemm_floor(weights: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], counts: list[int],
+               d_model: int, d_ff: int, clock=time.perf_counter) -> float:
+    """Seconds of the per-expert matmuls of one fast step (see ``gemm`` in the module docstring)."""
+    m = sum(counts)
+    x, dy, dx, y = (torch.randn(m, d_model) for _ in range(4))
+    g, u, h, dh = (torch.randn(m, d_ff) for _ in range(4))
+    grads = [tuple(torch.empty_like(w) for w in ws) for ws in weights]
+    parts = [t.split(counts) for t in (x, dy, dx, y, g, u, h, dh)]
+    t0 = clock()
+    for e, c in enumerate(counts):
+        if not c:
+            continue
+        (w_g, w_u, w_d), (gw_g, gw_u, gw_d) = weights[e], grads[e]
+        xe, dye, dxe, ye, ge, ue, he, dhe = (p[e] for p in parts)
+        torch.mm(xe, w_g.t(), out=ge)
+        torch.mm(xe, w_u.t(), out=ue)
+        torch.mm(he, w_d.t(), out=ye)
+        torch.mm(dye.t(), he, out=gw_d)
+        torch.mm(dye, w_d, out=dhe)
+        torch.mm(dhe.t(), xe, out=gw_g)  # dG, dU have dH's shape: dH stands in for both
+        torch.mm(dhe.t(), xe, out=gw_u)
+        torch.mm(dhe, w_g, out=dxe)
+        dxe.addmm_(dhe, w_u)
+    return clock() - t0
+
+
 def run(tokens: int, d_model: int, d_ff: int, top_k: int, experts: list[int], warmup: int,
         repeats: int, eager: bool, seed: int = 0, clock: str = "wall") -> list[dict]:
     """Median step times. All variants are built first and timed in interleaved rounds (dense, then
@@ -110,8 +142,17 @@ def run(tokens: int, d_model: int, d_ff: int, top_k: int, experts: list[int], wa
             variants[("eager", E)] = copy.deepcopy(variants[("fast", E)])
             variants[("eager", E)].dispatch = "eager"
     weights = {E: [p.detach() for p in variants[("fast", E)].experts.parameters()] for E in experts}
+    triples, routed = {}, {}
+    for E in experts:
+        fast = variants[("fast", E)]
+        triples[E] = [(ex.gate_proj.weight.detach(), ex.up_proj.weight.detach(), ex.down_proj.weight.detach())
+                      for ex in fast.experts.experts]
+        with torch.no_grad():
+            fast(x)
+        routed[E] = fast.last_output.expert_counts.tolist()  # the same routing every round
     times: dict[tuple[str, int], list[float]] = {k: [] for k in variants}
     times.update({("stream", E): [] for E in experts})
+    times.update({("gemm", E): [] for E in experts})
     for i in range(warmup + repeats):
         for key, module in variants.items():
             t = step(module, x, grad_out, CLOCKS[clock])
@@ -121,12 +162,16 @@ def run(tokens: int, d_model: int, d_ff: int, top_k: int, experts: list[int], wa
             t = stream(weights[E], CLOCKS[clock])
             if i >= warmup:
                 times[("stream", E)].append(t)
+        for E in experts:
+            t = gemm_floor(triples[E], routed[E], d_model, d_ff, CLOCKS[clock])
+            if i >= warmup:
+                times[("gemm", E)].append(t)
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = []
     for E in experts:
         counts = variants[("fast", E)].last_output.expert_counts
         rows.append(dict(E=E, dense=med[("dense", 0)], fast=med[("fast", E)],
-                         eager=med.get(("eager", E)), stream=med[("stream", E)],
+                         eager=med.get(("eager", E)), stream=med[("stream", E)], gemm=med[("gemm", E)],
                          min_tok=int(counts.min()), max_tok=int(counts.max()),
                          weight_mb=sum(w.numel() * w.element_size() for w in weights[E]) / 2 ** 20))
     return rows
@@ -134,15 +179,15 @@ def run(tokens: int, d_model: int, d_ff: int, top_k: int, experts: list[int], wa
 
 def format_table(rows: list[dict]) -> str:
     lines = ["|  E | dense ms | fast ms | eager ms | fast/dense | eager/fast | tokens/expert min-max "
-             "| expert weights MB | stream ms |",
+             "| expert weights MB | stream ms | gemm ms |",
              "|---:|---------:|--------:|---------:|-----------:|-----------:|:---------------------:"
-             "|------------------:|----------:|"]
+             "|------------------:|----------:|--------:|"]
     for r in rows:
         eager = f"{r['eager'] * 1e3:8.1f}" if r["eager"] is not None else "       -"
         ef = f"{r['eager'] / r['fast']:10.2f}" if r["eager"] is not None else "         -"
         lines.append(f"| {r['E']:2d} | {r['dense'] * 1e3:8.1f} | {r['fast'] * 1e3:7.1f} | {eager} | "
                      f"{r['fast'] / r['dense']:10.2f} | {ef} | {r['min_tok']:>9d}-{r['max_tok']:<11d} "
-                     f"| {r['weight_mb']:17.1f} | {r['stream'] * 1e3:9.1f} |")
+                     f"| {r['weight_mb']:17.1f} | {r['stream'] * 1e3:9.1f} | {r['gemm'] * 1e3:7.1f} |")
     return "\n".join(lines)
 
 
@@ -197,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{floor * 1e3:.1f} ms more at E={last['E']} than at E={first['E']}; the growth target allows "
           f"{0.25 * first['fast'] * 1e3:.1f} ms in all (fast time(E={last['E']}) - time(E={first['E']}) "
           f"= {(last['fast'] - first['fast']) * 1e3:.1f} ms)")
+    print(f"gemm floor: the per-expert matmuls alone take {last['gemm'] / first['gemm']:.2f}x as long at "
+          f"E={last['E']} as at E={first['E']} ({first['gemm'] * 1e3:.1f} -> {last['gemm'] * 1e3:.1f} ms); "
+          f"fast time minus its matmuls: {(first['fast'] - first['gemm']) * 1e3:.1f} ms at E={first['E']}, "
+          f"{(last['fast'] - last['gemm']) * 1e3:.1f} ms at E={last['E']}")
     return 0
 
 

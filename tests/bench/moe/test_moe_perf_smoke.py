@@ -8,3 +8,4 @@ def test_moe_dispatch_benchmark_smoke(capsys):
     out = capsys.readouterr().out
     assert "fast/dense" in out and "|  4 |" in out
     assert "time(E=4) / time(E=2)" in out
+    assert "gemm ms" in out and "gemm floor: the per-expert matmuls alone take" in out
