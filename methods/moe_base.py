@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.moe import MoEFFN, collect_aux_loss, decoder_layers, install_moe, select_moe_layers
+from bench.moe import (MoEFFN, collect_aux_loss, decoder_layers, install_moe, select_moe_layers,
+                       set_token_types)
 from methods.base import ContinualMethod, MethodHParams
 
 
@@ -70,9 +71,7 @@ class MoEMethod(ContinualMethod):
     def before_forward(self, batch: dict[str, torch.Tensor], phase: str) -> None:
         # Token-aware routers need to know which positions are image features; decoded tokens are text.
         if phase != "decode" and self.ctx is not None and self.ctx.image_token_id is not None:
-            mask = batch["input_ids"] == self.ctx.image_token_id
-            for layer in self.layers.values():
-                layer.set_token_types(mask)
+            set_token_types(self.layers.values(), batch["input_ids"] == self.ctx.image_token_id)
 
     def select_rows(self, rows: torch.Tensor | None) -> None:
         for layer in self.layers.values():

@@ -27,6 +27,7 @@ from torch import nn
 from bench.moe.dispatch import dispatch_eager, dispatch_sorted
 from bench.moe.experts import ExpertSet
 from bench.moe.gating import MoEOutput, top_k_gating
+from bench.moe.routers import TokenSplit
 
 Dispatch = Literal["fast", "eager"]
 
@@ -72,6 +73,7 @@ class MoEFFN(nn.Module):
         self.usage_counts: torch.Tensor | None = None
         self.usage_tokens = 0
         self._image_mask: torch.Tensor | None = None
+        self._token_split: TokenSplit | None = None
         self._router_choice: int | torch.Tensor = 0
         self._rows: torch.Tensor | None = None
 
@@ -104,13 +106,15 @@ class MoEFFN(nn.Module):
                 raise IndexError(f"router {choice} of {len(self.routers)}")
         self._router_choice = choice
 
-    def set_token_types(self, image_mask: torch.Tensor | None) -> None:
+    def set_token_types(self, image_mask: torch.Tensor | None, split: TokenSplit | None = None) -> None:
         """Per-token image mask [B, T] (True = image token) for the next forwards; None = all text.
 
         A forward whose [B, T] differs from the mask's (a cached decoding step) treats its tokens as
-        text: tokens produced while decoding are always text.
+        text: tokens produced while decoding are always text. ``split``: the mask's ``TokenSplit``,
+        shared with the other layers (see the module-level ``set_token_types``).
         """
         self._image_mask = image_mask
+        self._token_split = split if image_mask is not None else None
 
     def select_rows(self, rows: torch.Tensor | None) -> None:
         """The next forwards see rows ``rows`` of the batch that the router choice and the token-type
@@ -151,8 +155,12 @@ class MoEFFN(nn.Module):
         return self.usage_counts.double() / self.usage_tokens
 
     # --- forward ----------------------------------------------------------------------------------
-    def _route(self, router: nn.Module, x: torch.Tensor, image_mask: torch.Tensor | None) -> MoEOutput:
-        logits = router(x, image_mask)
+    def _route(self, router: nn.Module, x: torch.Tensor, image_mask: torch.Tensor | None,
+               split: TokenSplit | None = None) -> MoEOutput:
+        if split is not None and getattr(router, "takes_token_split", False):
+            logits = router(x, image_mask, split=split)
+        else:
+            logits = router(x, image_mask)
         cf = self.capacity_factor_train if self.training else self.capacity_factor_eval
         # the router knows its routable rows without reading the mask back from the device
         mask, rows = getattr(router, "row_mask", None), None
@@ -213,7 +221,9 @@ class MoEFFN(nn.Module):
             image_mask = sample_mask.reshape(-1).to(device=x.device, dtype=torch.bool)
 
         if isinstance(choice, int):
-            out = self._route(self.routers[choice], x, image_mask)
+            # the shared split describes the whole batch: only for a forward over all of it
+            split = self._token_split if image_mask is not None and self._rows is None else None
+            out = self._route(self.routers[choice], x, image_mask, split)
         else:
             out = self._route_per_sample(x, image_mask, B, T, choice)
 
@@ -259,8 +269,10 @@ def collect_aux_loss(layers: Iterable[MoEFFN]) -> torch.Tensor | None:
 
 
 def set_token_types(layers: Iterable[MoEFFN], image_mask: torch.Tensor | None) -> None:
+    """The batch's image mask for every layer, with one ``TokenSplit`` they share."""
+    split = TokenSplit(image_mask) if image_mask is not None else None
     for m in layers:
-        m.set_token_types(image_mask)
+        m.set_token_types(image_mask, split)
 
 
 def set_router_choice(layers: Iterable[MoEFFN], choice: int | torch.Tensor) -> None:

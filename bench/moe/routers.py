@@ -1,6 +1,7 @@
 """Routers: hidden states -> router logits [N, E] (spec Part B §2 and §3).
 
-Every router has the same call: ``router(x [N, d], image_mask [N] bool | None) -> logits [N, E]``.
+Every router has the same call: ``router(x [N, d], image_mask [N] bool | None) -> logits [N, E]``
+(a router with ``takes_token_split`` also accepts ``split=``, the batch's shared ``TokenSplit``).
 Logits are returned explicitly and in float32 (MoE-LLaVA keeps its gate ``wg`` in fp32); softmax,
 top-k and capacity live in ``bench.moe.gating``.
 
@@ -238,18 +239,39 @@ class HyperRouter(nn.Module):
     def all_rows_routable(self) -> bool:
         return self.proj.all_rows_routable()
 
-    def forward(self, x: torch.Tensor, image_mask: torch.Tensor | None = None) -> torch.Tensor:
+    takes_token_split = True  # MoEFFN hands it the batch's shared TokenSplit
+
+    def forward(self, x: torch.Tensor, image_mask: torch.Tensor | None = None,
+                split: "TokenSplit | None" = None) -> torch.Tensor:
         x = x.to(self.proj.groups[0].dtype)
-        if image_mask is None or not bool(image_mask.any()):
+        if image_mask is None:
+            return self.proj(self.text(x))
+        # the split of the whole batch's mask is shared by every MoE layer of the forward, so the
+        # device-to-host reads it needs happen once per batch, not per layer
+        img, txt = (split if split is not None else TokenSplit(image_mask)).indices()
+        if img.numel() == 0:          # sizes are known on the host once the indices exist
             e = self.text(x)
-        elif bool(image_mask.all()):
+        elif txt.numel() == 0:
             e = self.image(x)
         else:
             # index_select / index_copy (not boolean masking) keep one gather and one scatter per
             # modality and stay differentiable.
-            img = image_mask.nonzero().squeeze(1)
-            txt = (~image_mask).nonzero().squeeze(1)
             e = x.new_empty(x.shape[0], self.proj.d_model)
             e = e.index_copy(0, txt, self.text(x.index_select(0, txt)))
             e = e.index_copy(0, img, self.image(x.index_select(0, img)))
         return self.proj(e)
+
+
+class TokenSplit:
+    """The flat indices of the image and of the text tokens of one batch's image mask, computed on
+    first use (two ``nonzero``, the only host reads of the split) and then shared by every MoE layer
+    the batch passes through (``bench.moe.layer.set_token_types`` hands the same object to all)."""
+
+    def __init__(self, image_mask: torch.Tensor):
+        self.mask = image_mask.reshape(-1).to(torch.bool)
+        self._indices: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def indices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._indices is None:
+            self._indices = (self.mask.nonzero().squeeze(1), (~self.mask).nonzero().squeeze(1))
+        return self._indices
