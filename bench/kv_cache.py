@@ -65,11 +65,6 @@ class RoomyLayer(DynamicLayer):
         self.keys, self.values = self._room_k[..., :self.filled, :], self._room_v[..., :self.filled, :]
 
 
-def kv_cache(room: int) -> Cache:
-    """A cache of ``RoomyLayer``s with their own buffers (one forward's batch)."""
-    return Cache(layer_class_to_replicate=lambda: RoomyLayer(room))
-
-
 class KVRooms:
     """Per layer, one [batch, heads, prompt + room, d] key and value buffer for a prompt batch that is
     prefilled in chunks of rows and then decoded as a whole."""

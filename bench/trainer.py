@@ -237,7 +237,7 @@ def generate(model: nn.Module, loader, *, eos_id: int, max_new_tokens: int, acce
     index. Prompts are left-padded, so positions come from the attention mask, and every sample
     appends its next token in the same column; the batch stops when all samples are done.
 
-    Three things make it fast without changing what a sample computes (each row's attention and
+    Four things make it fast without changing what a sample computes (each row's attention and
     matmuls see only that row: the predictions are checked against ``model.generate`` one record at a
     time by ``python -m bench perf eval``):
 
