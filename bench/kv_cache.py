@@ -19,18 +19,18 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 class RoomyLayer(DynamicLayer):
     """One layer's keys and values [B, heads, filled, d] as views into [B, heads, prompt + room, d]
-    buffers. ``rooms``/``index``/``rows``: write into rows ``rows`` of the shared buffers of layer
-    ``index`` (allocated by the first chunk that reaches that layer); None: own buffers."""
+    buffers: rows ``rows`` of layer ``index``'s buffers in ``rooms`` (allocated by the first prefill
+    chunk that reaches that layer), or, built by ``over``, buffers that already hold the prompt."""
 
-    def __init__(self, room: int, rooms: "KVRooms | None" = None, index: int = 0, rows: slice | None = None):
+    def __init__(self, rooms: "KVRooms | None" = None, index: int = 0, rows: slice | None = None):
         super().__init__()
-        self.room, self._rooms, self._index, self._rows = room, rooms, index, rows
+        self._rooms, self._index, self._rows = rooms, index, rows
         self.filled = 0
 
     @classmethod
-    def over(cls, keys: torch.Tensor, values: torch.Tensor, filled: int, room: int) -> "RoomyLayer":
+    def over(cls, keys: torch.Tensor, values: torch.Tensor, filled: int) -> "RoomyLayer":
         """A layer whose buffers (already holding ``filled`` positions) are ``keys`` / ``values``."""
-        layer = cls(room)
+        layer = cls()
         layer.lazy_initialization(keys, values)
         layer._room_k, layer._room_v, layer.filled = keys, values, filled
         layer.keys, layer.values = keys[..., :filled, :], values[..., :filled, :]
@@ -39,13 +39,8 @@ class RoomyLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-            if self._rooms is not None:
-                k, v = self._rooms.buffers(self._index, key_states, self.room)
-                self._room_k, self._room_v = k[self._rows], v[self._rows]
-            else:
-                b, h, n, d = key_states.shape
-                self._room_k = key_states.new_empty(b, h, n + self.room, d)
-                self._room_v = value_states.new_empty(b, h, n + self.room, d)
+            k, v = self._rooms.buffers(self._index, key_states)
+            self._room_k, self._room_v = k[self._rows], v[self._rows]
         end = self.filled + key_states.shape[-2]
         if end > self._room_k.shape[-2]:  # out of room: keep growing like DynamicLayer
             self._room_k = torch.cat([self._room_k[..., :self.filled, :], key_states], dim=-2)
@@ -75,23 +70,23 @@ class KVRooms:
         self.values: dict[int, torch.Tensor] = {}
         self.filled: int | None = None
 
-    def buffers(self, index: int, key_states: torch.Tensor, room: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def buffers(self, index: int, key_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if index not in self.keys:
             _, h, n, d = key_states.shape
-            self.keys[index] = key_states.new_empty(self.batch, h, n + room, d)
-            self.values[index] = key_states.new_empty(self.batch, h, n + room, d)
+            self.keys[index] = key_states.new_empty(self.batch, h, n + self.room, d)
+            self.values[index] = key_states.new_empty(self.batch, h, n + self.room, d)
             self.filled = n
         return self.keys[index], self.values[index]
 
     def chunk_cache(self, rows: slice) -> Cache:
         """The cache one prefill chunk (rows ``rows`` of the batch) runs with."""
         # transformers appends a layer per new layer index, in order: the new layer's index is the count so far
-        cache = Cache(layer_class_to_replicate=lambda: RoomyLayer(self.room, self, len(cache.layers), rows))
+        cache = Cache(layer_class_to_replicate=lambda: RoomyLayer(self, len(cache.layers), rows))
         return cache
 
     def batch_cache(self) -> Cache:
         """The cache of the whole batch once every chunk has been prefilled."""
         if self.filled is None:
             raise RuntimeError("no chunk has been prefilled")
-        return Cache(layers=[RoomyLayer.over(self.keys[i], self.values[i], self.filled, self.room)
+        return Cache(layers=[RoomyLayer.over(self.keys[i], self.values[i], self.filled)
                              for i in sorted(self.keys)])

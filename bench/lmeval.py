@@ -37,7 +37,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
 from bench.data import IGNORE, EncodedSplit, eval_loader
-from bench.trainer import generate
+from bench.trainer import generate, method_hooks
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +149,7 @@ class CMBLM(LM):
                                    [[] for _ in records], has_image)
             loader = eval_loader(self.backbone, encoded, self.batch_size)
             ids = generate(self.model, loader, eos_id=self.backbone.eos_id, max_new_tokens=max_new,
-                           accelerator=self.accelerator, before_forward=self.method.before_forward,
-                           select_rows=self.method.select_rows, split_rows=self.method.rows_independent_at_eval())
+                           accelerator=self.accelerator, **method_hooks(self.method))
             for local, i in enumerate(members):
                 text = self.backbone.decode(ids[local])
                 for stop in until:

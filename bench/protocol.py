@@ -25,7 +25,7 @@ from bench import checkpoint, records
 from bench.config import RunConfig
 from bench.data import ConcatEncoded, EncodedSplit, encode_split, eval_loader, train_loader
 from bench.metrics import summarize
-from bench.trainer import generate, train_steps
+from bench.trainer import generate, method_hooks, train_steps
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ def evaluate_all(model, method, backbone, test_sets: dict[str, tuple[Any, Encode
         if method.oracle:  # upper-bound ablations only; the record marks them (oracle_task_id)
             method.set_eval_task(index)
         ids = generate(model, loader, eos_id=backbone.eos_id, max_new_tokens=cfg.max_new_tokens,
-                       accelerator=accelerator, before_forward=method.before_forward,
-                       select_rows=method.select_rows, split_rows=method.rows_independent_at_eval())
+                       accelerator=accelerator, **method_hooks(method))
         if accelerator.num_processes > 1:
             from accelerate.utils import gather_object
 

@@ -224,6 +224,13 @@ def _image_rows(input_ids: torch.Tensor, image_token_id: int | None) -> list[int
     return [0, *has.cumsum(0).tolist()]
 
 
+def method_hooks(method) -> dict[str, Any]:
+    """What ``generate`` needs from a ``ContinualMethod``: its prompt hook, its row selection and
+    whether its rows may be split (pass as ``**method_hooks(method)``)."""
+    return {"before_forward": method.before_forward, "select_rows": method.select_rows,
+            "split_rows": method.rows_independent_at_eval()}
+
+
 PREFILL_CHUNK = 32  # prompts per prefill forward; see generate
 COMPACT_FRACTION = 0.25  # drop finished rows from the decoding batch once they are this share of it
 

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.config import build_config
     from bench.data import encode_split, eval_loader
     from bench.protocol import make_accelerator, ordered_tasks
-    from bench.trainer import generate
+    from bench.trainer import generate, method_hooks
     from methods.base import MethodContext
 
     cfg = build_config("tiny", method=args.method, tasks=args.tasks, mixed_precision="no")
@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, encoded, ix in sets:
             loader = eval_loader(backbone, encoded, batch_size, indices=ix)
             res[name] = generate(model, loader, eos_id=backbone.eos_id, max_new_tokens=max_new,
-                                 accelerator=accelerator, before_forward=method.before_forward,
-                                 select_rows=method.select_rows, split_rows=method.rows_independent_at_eval())
+                                 accelerator=accelerator, **method_hooks(method))
         results["harness"] = res
         return time.perf_counter() - t
 
@@ -128,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                     batches = eval_loader(backbone, encoded, batch_size, indices=ix)
                     row[name] = generate(model, batches if cached else batches.loader, eos_id=backbone.eos_id,
                                          max_new_tokens=max_new, accelerator=accelerator,
-                                         before_forward=method.before_forward,
-                                 select_rows=method.select_rows, split_rows=method.rows_independent_at_eval())
+                                         **method_hooks(method))
                 outputs["cached" if cached else "uncached"].append(row)
             return time.perf_counter() - t
 
@@ -143,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         other = {name: generate(model, eval_loader(backbone, encoded, args.compare_batch, indices=ix).loader,
                                 eos_id=backbone.eos_id, max_new_tokens=max_new, accelerator=accelerator,
-                                before_forward=method.before_forward,
-                                 select_rows=method.select_rows, split_rows=method.rows_independent_at_eval()) for name, encoded, ix in sets}
+                                **method_hooks(method)) for name, encoded, ix in sets}
         tb = time.perf_counter() - t
         diff = sum(other[name][i] != results["harness"][name][i] for name, _, ix in sets for i in ix)
         print(f"eval batch {args.compare_batch}: one row {tb:.2f} s (batch {batch_size}, cached: "
