@@ -5,9 +5,10 @@ The harness calls, for a run over tasks 1..T:
     method = registry.get(name)(hparams)          # hparams: the method's dataclass, from --set
     method.attach(model, ctx)                     # once, on the stage-0 base model
     for t, task in enumerate(tasks):
-        method.begin_task(t, task, train_loader)  # expand / probe / freeze
-        train(method.trainable_parameters(), loss = LM + method.auxiliary_loss())
-        method.end_task(t, task, train_loader)    # fit statistics, evolve, ...
+        method.begin_task(t, task, train_loader)  # expand / freeze
+        for phase in method.training_phases(t, task, train_loader, steps):   # default: one phase
+            train(phase.parameters, phase.steps, loss = LM + method.auxiliary_loss())
+        method.end_task(t, task, train_loader)    # fit statistics, ...
         evaluate every task (task-agnostic: no task id reaches the model)
 
 ``train_loader`` yields model-ready batches (dicts of tensors: input_ids, attention_mask, pixel_values,
@@ -19,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -34,7 +35,28 @@ class MethodContext:
     device: torch.device
     image_token_id: int | None = None  # lets a method build an image-token mask from input_ids
     run_seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingPhase:
+    """One stretch of a task's training, run by the shared trainer (``bench.trainer.train_steps``) with
+    its own AdamW and its own warm-up + cosine schedule over ``steps``.
+
+    A task trained in phases (LLaVA-CMoE's probing, EvoMoE's evolution then router phase) yields one
+    per phase from ``training_phases``; the method sets up the phase's structure and routing before
+    it yields, and the code after a ``yield`` runs once the phase's steps are done.
+    ``parameters``: what the phase's optimiser updates. ``evolving``: parameters it changes without
+    gradient (``after_optimizer_step``). ``loader``: None = the task's loader. ``lr``: None = the run's.
+    ``counts_as_trained``: False for work that is discarded (probes), so the record's per-task
+    trained-parameter count describes what the task keeps."""
+
+    name: str
+    parameters: list
+    steps: int
+    loader: Any = None
+    lr: float | None = None
+    evolving: list = field(default_factory=list)
+    counts_as_trained: bool = True
 
 
 @dataclass
@@ -73,6 +95,12 @@ class ContinualMethod:
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def training_phases(self, task_index: int, task, train_loader, steps: int) -> Iterator[TrainingPhase]:
+        """The task's training as phases the harness runs one after the other (default: one phase of
+        ``steps`` on ``trainable_parameters()``)."""
+        yield TrainingPhase("task", list(self.trainable_parameters()), steps,
+                            evolving=list(self.evolving_parameters()))
 
     def evolving_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters the current task changes WITHOUT gradient (never in the optimizer), e.g. EvoMoE's

@@ -1,21 +1,21 @@
 """``evomoe``: expert evolution + Dynamic Token-aware Router on the continual stream (spec methods.md
 Part A table row ``evomoe`` and "EvoMoE details"; Part B §3).
 
-Structure (installed once, at attach = "at task 1"): every MoE layer's FFN is copied into E experts
+Structure (installed once, when the first task begins): every MoE layer's FFN is copied into E experts
 (``FFNExperts.from_mlp``) and routed top-1 by a ``HyperRouter`` (DTR: image tokens through H^V, text
 tokens through H^T, shared projection φ to E logits; Part B §3 step 4). Expert 0 of the code is the
 paper's θ_1 (the trained FFN), experts 1..E-1 are θ_2..θ_E (the evolved ones).
 
 Every task t = 1..T splits its step budget S (Part A):
 
-    evolution phase, steps [0, S_e), S_e = round(evolution_fraction · S):
+    evolution phase, S_e = round(evolution_fraction · S) steps:
         dense on θ_1: router rows 1..E-1 are masked, so top-1 has one choice with probability 1 and
         the layer's output is exactly θ_1's FFN output. θ_1 trains; θ_2..θ_E get no gradient and after
         every optimiser step evolve (bench.moe.evolution):
             ema     θ_n ← β θ_n + (1 − β) θ_1                 (default; Part A's reading of Eq. 1)
             scaled  θ_n ← θ_n + (1 − β) Δθ_1                  (``evolution_rule=scaled``)
         β redrawn each step, uniformly from expert n's range ([0.90,0.99], [0.80,0.89], [0.70,0.79]).
-    router phase, steps [S_e, S):
+    router phase, the remaining S - S_e steps:
         experts frozen; the hypernetworks and φ train; top-1 over all E experts, output scaled by
         ρ_max; loss = LM + 0.001 · Σ_layers E Σ_e f_e P_e (Eq. 9).
 
@@ -23,22 +23,11 @@ Task t >= 2 continues from the current experts and router: θ_1 keeps training, 
 it, the router is retrained for the new mix (nothing is re-copied; no mechanism against forgetting
 beyond what EvoMoE itself has, as Part A specifies).
 
-How the phase switch works inside one harness task. The harness builds ONE AdamW per task from
-``trainable_parameters()`` (keeping only parameters with ``requires_grad`` at that moment) and calls
-``before_forward(batch, "train")`` before every forward and ``after_optimizer_step()`` after every step.
-So:
-  * ``begin_task`` sets ``requires_grad`` on every parameter the task trains (θ_1 and the router), so
-    the optimizer holds them all;
-  * the first ``before_forward(..., "train")`` enters the evolution phase: the router's
-    ``requires_grad`` goes off (and its ``.grad`` to None), rows 1..E-1 are masked;
-  * ``after_optimizer_step`` evolves θ_2..θ_E, counts steps, and at S_e enters the router phase: θ_1
-    off, router on, rows unmasked.
-  A parameter with ``requires_grad=False`` gets ``.grad = None`` and ``torch.optim.AdamW`` skips every
-  parameter whose grad is None (``Adam._init_group``): no update, no weight decay, its moment estimates
-  untouched (tests/methods/test_evomoe.py checks this with weight decay on). Each parameter's Adam step
-  count starts at its first gradient, so the router's bias correction starts fresh in phase 2. What the
-  one-optimizer design does impose: the task's single cosine schedule spans both phases, so the router
-  phase trains on the schedule's tail (lower lr) — see ``EvoMoEHParams`` and the report.
+How the phases run. Each phase is a ``TrainingPhase`` (``training_phases``) that the shared trainer
+runs with its own AdamW and its own warm-up + cosine schedule over the phase's steps, so the router
+phase trains on a full schedule of its own rather than on the tail of the evolution phase's. The MoE
+is installed at the first ``begin_task``: row 0 of the accuracy matrix is the dense stage-0 base, as
+for every other method.
 
 Ablations (Part B §3 Table 2):
   * ``router=linear``   — "expert evolution + linear router": a ``LinearRouter`` replaces the DTR.
@@ -64,6 +53,7 @@ from bench.moe import FFNExperts, HyperRouter, LinearRouter, MoEFFN
 from bench.moe.diversity import diversity_report
 from bench.moe.evolution import ExpertEvolution
 from methods import register
+from methods.base import TrainingPhase
 from methods.moe_base import MoEHParams, MoEMethod
 
 # Seed offset of the β generator: the run seed picks the draws, the offset keeps the stream distinct
@@ -160,8 +150,8 @@ class EvoMoE(MoEMethod):
         super().__init__(hparams)
         self.evolution: ExpertEvolution | None = None
         self.phase = self.IDLE
-        self.step_in_task = 0
         self.evolution_steps = 0  # S_e of the current task
+        self.router_steps = 0
         self.tasks_seen = 0
         self._beta_sum: torch.Tensor | None = None
         self._beta_count = 0
@@ -181,16 +171,16 @@ class EvoMoE(MoEMethod):
             router = LinearRouter(d, hp.num_experts, device=device)
         return MoEFFN(FFNExperts.from_mlp(mlp, hp.num_experts), router, top_k=hp.top_k, dispatch=hp.dispatch)
 
-    def attach(self, model: nn.Module, ctx) -> None:
-        super().attach(model, ctx)
-        self.install(model)
+    def _install(self) -> None:
+        """The MoE of every chosen layer: E copies of its FFN and a router; nothing trainable yet."""
+        self.install(self.model)
         for layer in self.layers.values():
-            _set_trainable(layer.parameters(), False)  # nothing trains until a task begins
+            _set_trainable(layer.parameters(), False)
         if self.evolved:
             self.evolution = ExpertEvolution(
                 [layer.experts for layer in self.layers.values()], source=0,
                 targets=range(1, self.hp.num_experts), ranges=self.hp.pairs(), rule=self.hp.evolution_rule,
-                seed=ctx.run_seed + BETA_SEED_OFFSET, per_set_beta=self.hp.beta_per_layer)
+                seed=self.ctx.run_seed + BETA_SEED_OFFSET, per_set_beta=self.hp.beta_per_layer)
 
     # --- parameter sets --------------------------------------------------------------------------
     def _expert_params(self, ids) -> list[nn.Parameter]:
@@ -199,29 +189,21 @@ class EvoMoE(MoEMethod):
     def _router_params(self) -> list[nn.Parameter]:
         return [p for layer in self.layers.values() for p in layer.router.parameters()]
 
-    def _router_steps(self) -> int:
-        return self.ctx.steps_per_task - self.evolution_steps
-
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """What the task's optimizer updates: θ_1 (if the task has an evolution phase) and the router
-        (if it has a router phase); every expert and the router for ``experts=copied``."""
-        if not self.evolved:
-            return self._expert_params(range(self.hp.num_experts)) + self._router_params()
-        params = self._expert_params([0]) if self.evolution_steps > 0 else []
-        return params + (self._router_params() if self._router_steps() > 0 else [])
+        """Every parameter some phase of a task trains: θ_1 and the router (all experts and the router
+        for ``experts=copied``)."""
+        if not self.layers:
+            return []
+        ids = range(self.hp.num_experts) if not self.evolved else [0]
+        return self._expert_params(ids) + self._router_params()
 
     def evolving_parameters(self) -> list[nn.Parameter]:
-        """Parameters the task changes without gradient: θ_2..θ_E by evolution (none if no evolution)."""
-        if not self.evolved or self.evolution_steps == 0:
+        """θ_2..θ_E: a task's evolution phase changes them without gradient."""
+        if not self.layers or not self.evolved:
             return []
         return self._expert_params(range(1, self.hp.num_experts))
 
     # --- phases ----------------------------------------------------------------------------------
-    def _desired_phase(self) -> str:
-        if not self.evolved:
-            return self.JOINT
-        return self.EVOLUTION if self.step_in_task < self.evolution_steps else self.ROUTER
-
     def _enter(self, phase: str) -> None:
         E = self.hp.num_experts
         if self.phase == self.EVOLUTION and self.evolution is not None:
@@ -248,37 +230,37 @@ class EvoMoE(MoEMethod):
             self.reset_usage()  # utilisation = this task's routed training tokens
         self.phase = phase
 
-    def _sync_phase(self) -> None:
-        desired = self._desired_phase()
-        if desired != self.phase:
-            self._enter(desired)
-
     # --- lifecycle -------------------------------------------------------------------------------
     def begin_task(self, task_index: int, task, train_loader) -> None:
-        steps = self.ctx.steps_per_task
-        self.evolution_steps = int(self.hp.evolution_fraction * steps + 0.5) if self.evolved else 0
-        self.step_in_task = 0
+        if not self.layers:
+            self._install()
         self._beta_sum, self._beta_count = None, 0
         self._enter(self.IDLE)
         self.reset_usage()
-        # The harness's optimizer keeps only parameters with requires_grad when it is built (after this
-        # call), so every parameter of either phase is switched on here; the first training forward
-        # then applies the evolution phase's pattern (before_forward -> _sync_phase).
-        _set_trainable(self.trainable_parameters(), True)
 
-    def before_forward(self, batch: dict[str, torch.Tensor], phase: str) -> None:
-        super().before_forward(batch, phase)
-        if phase == "train":
-            self._sync_phase()
+    def training_phases(self, task_index: int, task, train_loader, steps: int):
+        """``experts=copied``: one joint phase. Evolved: the evolution phase (θ_1 trained densely,
+        θ_2..θ_E evolving), then the router phase (experts frozen, router trained), each on its own
+        schedule; a phase with no steps is skipped by the trainer."""
+        if not self.evolved:
+            self.evolution_steps, self.router_steps = 0, 0
+            self._enter(self.JOINT)
+            yield TrainingPhase("joint", self._expert_params(range(self.hp.num_experts)) + self._router_params(),
+                                steps)
+            return
+        self.evolution_steps = int(self.hp.evolution_fraction * steps + 0.5)
+        self.router_steps = steps - self.evolution_steps
+        self._enter(self.EVOLUTION)
+        yield TrainingPhase("evolution", self._expert_params([0]), self.evolution_steps,
+                            evolving=self.evolving_parameters())
+        self._enter(self.ROUTER)
+        yield TrainingPhase("router", self._router_params(), self.router_steps)
 
     def after_optimizer_step(self) -> None:
-        self._sync_phase()
         if self.phase == self.EVOLUTION:
             betas = self.evolution.step()
             self._beta_sum = betas.sum(0) if self._beta_sum is None else self._beta_sum + betas.sum(0)
             self._beta_count += betas.shape[0]
-        self.step_in_task += 1
-        self._sync_phase()
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         # Dense evolution phase: one routable expert, the balance loss is the constant 1 per layer.
@@ -306,8 +288,7 @@ class EvoMoE(MoEMethod):
         report["expert_utilisation_scope"] = ("router-phase training tokens" if self.evolved
                                               else "training tokens")
         report["expert_diversity"] = diversity_report(self.layers)
-        report["phases"] = {"evolution_steps": self.evolution_steps,
-                            "router_steps": self._router_steps() if self.evolved else 0,
+        report["phases"] = {"evolution_steps": self.evolution_steps, "router_steps": self.router_steps,
                             "joint_steps": 0 if self.evolved else self.ctx.steps_per_task}
         if self._beta_count:
             mean = (self._beta_sum / self._beta_count).tolist()
@@ -336,5 +317,7 @@ class EvoMoE(MoEMethod):
             raise ValueError("evomoe state was saved with different hyper-parameters: "
                              f"{state['hparams']} vs {self._hparams_json()}")
         self.tasks_seen = int(state["tasks_seen"])
+        if self.tasks_seen and not self.layers:
+            self._install()  # the MoE exists from the first task on
         if self.evolution is not None:
             self.evolution.sampler.set_state(state["beta_generator"])

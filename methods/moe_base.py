@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.moe import (MoEFFN, collect_aux_loss, decoder_layers, install_moe, select_moe_layers,
-                       set_token_types)
+from bench.moe import (ExpertSet, LoRAExperts, LoRAFFNExperts, MoEFFN, collect_aux_loss, decoder_layers,
+                       install_moe, select_moe_layers, set_token_types)
 from methods.base import ContinualMethod, MethodHParams
 
 
@@ -38,6 +38,43 @@ class MoEHParams(MethodHParams):
             except ValueError:
                 raise ValueError(f"moe_layers must be 'alternate', 'all' or comma-separated layer ids, "
                                  f"got {self.moe_layers!r}") from None
+
+
+EXPERT_TYPES = ("lora-ffn", "delta")
+
+
+@dataclass
+class LoRAExpertHParams(MoEHParams):
+    """Methods whose experts are LoRA experts on the frozen FFN (cmoe, naive-expansion).
+
+    expert_type  "lora-ffn": the frozen FFN with the expert's own LoRA on gate, up and down
+                 (``bench.moe.LoRAFFNExperts``; a token's output is the weighted sum of its experts' FFNs);
+                 "delta": one LoRA map from the FFN input added to the FFN output
+                 (``bench.moe.LoRAExperts``), which learns little per task on the tiny preset.
+    moe_layers   "all": every decoder layer, so probing has layers to choose between.
+    lora_rank / lora_alpha / lora_init   r, α (scale α/r, CoIN's α = 2r) and A's init (B = 0).
+    """
+
+    moe_layers: str = "all"
+    expert_type: str = "lora-ffn"
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_init: str = "kaiming"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.expert_type not in EXPERT_TYPES:
+            raise ValueError(f"expert_type must be one of {', '.join(EXPERT_TYPES)}, got {self.expert_type!r}")
+        if self.lora_rank < 1:
+            raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
+        if self.lora_init not in ("kaiming", "normal"):
+            raise ValueError(f"lora_init must be 'kaiming' or 'normal', got {self.lora_init!r}")
+
+
+def lora_experts(mlp: nn.Module, num_experts: int, hp: LoRAExpertHParams) -> ExpertSet:
+    """``num_experts`` fresh LoRA experts of ``hp.expert_type`` on the frozen FFN ``mlp``."""
+    kind = LoRAFFNExperts if hp.expert_type == "lora-ffn" else LoRAExperts
+    return kind.on_mlp(mlp, num_experts, hp.lora_rank, hp.lora_alpha, init=hp.lora_init)
 
 
 class MoEMethod(ContinualMethod):

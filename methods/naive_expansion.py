@@ -1,18 +1,22 @@
-"""``naive-expansion``: grow every MoE layer by K LoRA experts per task, one shared router (spec
-methods.md Part A table; Part B section 4 "Naive expansion", variant N-shared).
+"""``naive-expansion``: grow every MoE layer by K LoRA experts per task, one shared router (the
+incremental MoE-LoRA expansion baseline of continual instruction tuning, e.g. the re-runs in CoIN-style
+comparisons: new experts per task, old experts frozen, one router over all of them).
 
-Every MoE layer l keeps its dense FFN frozen and adds LoRA-delta experts on it (the same expert type as
-LLaVA-CMoE's, ``bench.moe.LoRAExperts``):
+Every MoE layer l keeps its dense FFN frozen and holds LoRA experts on it (the same expert type as
+LLaVA-CMoE's, ``methods.moe_base.lora_experts``; by default ``FFN_e`` = the FFN with expert e's LoRA on
+gate, up and down):
 
     p   = softmax([W_1; ...; W_t] h)             one shared router, K rows appended per task
-    y   = FFN_frozen(h) + sum_{e in TopK(p)} (p_e / sum_{TopK} p) * (alpha / r) B_e A_e h
+    y   = sum_{e in TopK(p)} (p_e / sum_{TopK} p) * FFN_e(h)
     L   = CE + aux_loss_coef * sum_l E_l * sum_e f_e P_e
 
-For task t, every layer appends K fresh experts and K fresh router rows; the experts and router rows of
-tasks 1..t-1 are frozen and stay bit-identical. Parameters therefore grow linearly with the number of
-tasks: per task and MoE layer, K experts of 2 r d parameters and K router rows of d. Because every
-task's tokens are routed by one softmax over all rows, adding rows redistributes old tokens towards new
-experts ("routing drift"), the failure mode this baseline exists to show.
+For task t, every layer appends K fresh experts (B = 0: each starts as the dense FFN, a working
+expert) and K router rows that start at zero (logit 0 for every token, so they do not outbid the rows
+the old experts were trained with; ``new_row_init=kaiming`` gives fresh rows at the old rows' scale).
+The experts of tasks 1..t-1 are frozen and stay bit-identical; the router, old rows included, trains
+on the new task (``train_old_rows=false`` freezes the old rows). Parameters grow linearly with the
+number of tasks. Because every task's tokens are routed by one softmax over all rows trained on the
+latest task, old tasks' tokens drift towards new experts: the failure mode this baseline exists to show.
 
 Hyper-parameters, inferred choices and the task report: see ``NaiveExpansion``.
 """
@@ -23,18 +27,20 @@ from typing import Any
 
 from torch import nn
 
-from bench.moe import LinearRouter, LoRAExperts, MoEFFN
+import torch
+
+from bench.moe import LinearRouter, MoEFFN
 from methods import register
-from methods.moe_base import MoEHParams, MoEMethod
+from methods.moe_base import LoRAExpertHParams, MoEMethod, lora_experts
+
+NEW_ROW_INITS = ("zero", "kaiming")
 
 
 @dataclass
-class NaiveExpansionHParams(MoEHParams):
+class NaiveExpansionHParams(LoRAExpertHParams):
     experts_per_task: int = 2
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
-    lora_init: str = "kaiming"
-    train_old_rows: bool = False
+    new_row_init: str = "zero"
+    train_old_rows: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -43,30 +49,26 @@ class NaiveExpansionHParams(MoEHParams):
         if self.top_k > self.experts_per_task:
             # task 1 has only K experts to choose from
             raise ValueError(f"top_k={self.top_k} exceeds experts_per_task={self.experts_per_task}")
-        if self.lora_rank < 1:
-            raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
-        if self.lora_init not in ("kaiming", "normal"):
-            raise ValueError(f"lora_init must be 'kaiming' or 'normal', got {self.lora_init!r}")
+        if self.new_row_init not in NEW_ROW_INITS:
+            raise ValueError(f"new_row_init must be one of {', '.join(NEW_ROW_INITS)}, got {self.new_row_init!r}")
 
 
 @register("naive-expansion")
 class NaiveExpansion(MoEMethod):
     """Naive expansion, N-shared variant (module docstring: the forward and the growth).
 
-    Hyper-parameters (``--set key=value``; defaults are the spec's or [INFERRED] where it has none):
-        experts_per_task=2     K: the same K and type as LLaVA-CMoE's task-1 experts (N0 = 2, Part A).
-        lora_rank=16           r of every expert [INFERRED: the spec gives no rank; 16 is seq-ft's rank on
-                               the d=128 tiny decoder].
-        lora_alpha=32.0        scale alpha / r = 2, CoIN's alpha = 2r.
-        lora_init="kaiming"    A's init, ``bench.moe.LoRADelta`` (B = 0, so a new expert starts as a no-op
-                               and the model's output at a task's start only moves through routing).
-        train_old_rows=False   Part A freezes old router rows; ``true`` is Part B's "optionally the old
-                               rows" variant (old experts stay frozen either way).
-        top_k=2, aux_loss_coef=0.01, moe_layers="alternate", dispatch="fast" (``MoEHParams``); routing is
-        dropless (the project's default outside MoE-LLaVA).
+    Hyper-parameters (``--set key=value``; [INFERRED] where no source fixes them):
+        experts_per_task=2     K: the same K and type as LLaVA-CMoE's task-1 experts (N0 = 2).
+        expert_type="lora-ffn", lora_rank=16, lora_alpha=32.0, lora_init="kaiming"   the expert
+                               (``LoRAExpertHParams``): K experts on every layer train ~1.2x seq-ft's
+                               LoRA per task (r = seq-ft's rank, alpha = 2r as CoIN).
+        new_row_init="zero"    [INFERRED] new router rows start at zero; "kaiming" = nn.Linear's init.
+        train_old_rows=True    the router trains as a whole on each task, as the literature runs it;
+                               false freezes old rows (old experts stay frozen either way).
+        top_k=2, aux_loss_coef=0.01, moe_layers="all", dispatch="fast"; routing is dropless.
 
-    [INFERRED] choices: new rows use ``nn.Linear``'s default init (a fresh ``W^new``, Part B); the first
-    K experts are created in ``begin_task`` of task 1, so row 0 of the accuracy matrix is the dense base.
+    [INFERRED] the first K experts are created in ``begin_task`` of task 1, so row 0 of the accuracy
+    matrix is the dense base.
 
     ``expert_utilisation`` (from ``MoEMethod``) counts the task's training tokens: usage is reset in
     ``begin_task`` and the report is read before evaluation.
@@ -80,7 +82,7 @@ class NaiveExpansion(MoEMethod):
     def build_layer(self, index: int, mlp: nn.Module) -> MoEFFN:
         """Task 1's K LoRA experts on the frozen FFN and a K-row router (dropless top-k)."""
         hp = self.hp
-        experts = LoRAExperts.on_mlp(mlp, hp.experts_per_task, hp.lora_rank, hp.lora_alpha, init=hp.lora_init)
+        experts = lora_experts(mlp, hp.experts_per_task, hp)
         router = LinearRouter(experts.d_in, hp.experts_per_task, device=mlp.gate_proj.weight.device)
         return MoEFFN(experts, router, top_k=hp.top_k, dispatch=hp.dispatch)
 
@@ -95,6 +97,9 @@ class NaiveExpansion(MoEMethod):
                 layer.router.freeze()
                 layer.experts.append(K)
                 layer.router.append_rows(K)  # its own parameter group: frozen as a whole next task
+                if self.hp.new_row_init == "zero":
+                    with torch.no_grad():
+                        layer.router.groups[-1].zero_()
         if self.hp.train_old_rows:
             for layer in self.layers.values():
                 layer.router.unfreeze()

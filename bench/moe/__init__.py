@@ -1,6 +1,7 @@
 """Shared MoE primitives (spec methods.md Part A "Common ground"; design.md ``bench/moe``).
 
-experts.py   SwiGLUExpert, LoRADelta; growable sets FFNExperts, LoRAExperts
+experts.py   SwiGLUExpert, LoRADelta; growable sets FFNExperts, LoRAExperts (output-delta experts)
+lora_ffn_experts.py  LoRAFFNExperts: the frozen FFN with a LoRA per expert on gate, up and down
 routers.py   LinearRouter (appendable, maskable rows), HyperRouter (EvoMoE's DTR)
 gating.py    top_k_gating (DeepSpeed top-2 capacity rules), load_balancing_loss, MoEOutput
 dispatch.py  dispatch_eager (reference), dispatch_sorted (fast)
@@ -13,13 +14,14 @@ from bench.moe.diversity import diversity_report, expert_diversity
 from bench.moe.dispatch import dispatch_eager, dispatch_sorted
 from bench.moe.experts import ExpertSet, FFNExperts, LoRADelta, LoRAExperts, SwiGLUExpert
 from bench.moe.gating import MoEOutput, expert_capacity, load_balancing_loss, top_k_gating
+from bench.moe.lora_ffn_experts import LoRAFFNExpert, LoRAFFNExperts
 from bench.moe.install import decoder_layers, install_moe, select_moe_layers
 from bench.moe.layer import (MoEFFN, collect_aux_loss, moe_layers_of, set_router_choice,
                              set_token_types)
 from bench.moe.routers import HyperRouter, LinearRouter, TokenHypernet
 
 __all__ = [
-    "ExpertSet", "FFNExperts", "LoRAExperts", "LoRADelta", "SwiGLUExpert",
+    "ExpertSet", "FFNExperts", "LoRAExperts", "LoRADelta", "LoRAFFNExpert", "LoRAFFNExperts", "SwiGLUExpert",
     "LinearRouter", "HyperRouter", "TokenHypernet",
     "MoEOutput", "top_k_gating", "load_balancing_loss", "expert_capacity",
     "dispatch_eager", "dispatch_sorted",

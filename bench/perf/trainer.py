@@ -81,8 +81,7 @@ def build(method_name: str, batch_size: int, n_batches: int, tasks: str = "vqav2
     def attached(model):
         method = methods.build(method_name, {})
         ctx = MethodContext(num_tasks=len(task_list), steps_per_task=cfg.steps_per_task, device=accelerator.device,
-                            image_token_id=backbone.image_token_id, run_seed=0,
-                            extra={"accelerator": accelerator, "lr": cfg.lr})
+                            image_token_id=backbone.image_token_id, run_seed=0)
         torch.manual_seed(0)
         method.attach(model, ctx)
         method.begin_task(0, task_list[0], batches)

@@ -1,38 +1,49 @@
-"""``cmoe``: LLaVA-CMoE (arXiv 2503.21227; spec methods.md Part A "LLaVA-CMoE defaults" - binding -
-and Part B §1). ``cmoe-oracle``: the same with the true task's router at test time (ablation).
+"""``cmoe``: LLaVA-CMoE (Zhao et al., arXiv 2503.21227, "LLaVA-CMoE: Towards Continual Mixture of
+Experts for Large Vision-Language Models"). ``cmoe-oracle``: the same with the true task's router at
+test time (ablation).
 
-Per MoE layer l (every other decoder layer by default) the FFN becomes frozen-FFN + LoRA experts,
-``y = FFN(h) + sum_{e in TopK} (p_e / sum_K p) (alpha/r) B_e A_e h`` with ``p = softmax(R_l^tau h)``:
+Per MoE layer l (every decoder layer by default) the FFN becomes a set of LoRA experts on the frozen
+FFN (``FFN_e``: the FFN with expert e's LoRA on gate, up and down), routed per task:
+``y = sum_{e in TopK} (p_e / sum_K p) FFN_e(h)`` with ``p = softmax(R_l^tau h)``.
 
 * task 1: N0 = 2 experts, router R^1, no probing; everything new trains.
-* task t >= 2 (PGKE, ``pgke.py``): old experts and routers frozen; a probe expert + probe router
-  ``[R^{t-1}; new row]`` train on a 10% subset for 10% of the step budget (LM + 0.01 aux); layers
-  whose probe frequency exceeds ``mean - alpha * std`` get N_s = 1 copy of the most-used old expert;
-  every layer gets R^t = [copy of R^{t-1}; source rows + noise]; probes are discarded. Trainable in
-  task t: the new experts and R^t of every layer (old rows included, as a copy).
+* task t >= 2 (PGKE, ``pgke.py``), trained in two phases by the shared trainer: old experts and
+  routers frozen; the *probe phase* trains a probe expert + probe router ``[R^{t-1}; new row]`` on a
+  10% subset for 10% of the step budget (LM + 0.01 aux, its own schedule); layers whose probe
+  frequency exceeds ``mean - alpha * std`` get N_s = 1 copy of the most-used old expert; every layer
+  gets R^t (a trainable copy of R^{t-1}, plus one row per new expert); probes are discarded; the
+  *task phase* trains the new experts and R^t of every layer on the whole task.
 * after task t (PTL, ``ptl.py``): VAE_t on the base model's last-prompt-token state of task t's
   training prompts, with the mean / std of its reconstruction error; nothing of the data is kept.
 * test time: each sample's prompt picks tau* = argmin_t z-scored error, and every layer routes that
   sample with R^{tau*} (per-sample router choice, kept through decoding).
 
-Hyper-parameters (``--set key=value``; defaults are the spec's; [INFERRED] = no source fixes it):
-    moe_layers="alternate"  top_k=2  aux_loss_coef=0.01  dispatch="fast"   (MoEHParams; dropless)
+Hyper-parameters (``--set key=value``; [INFERRED] = no source fixes it):
+    moe_layers="all"  top_k=2  aux_loss_coef=0.01  dispatch="fast"   (dropless)
+    expert_type="lora-ffn"  LoRA on the FFN's gate, up and down ("delta": one output-side LoRA map).
     num_initial_experts=2   N0, task 1's experts per layer.
-    lora_rank=16, lora_alpha=32.0  [INFERRED] rank of each LoRA expert (the paper's is not found);
-                            the project's LoRA size for the d=128 tiny decoder, alpha = 2r as CoIN.
+    lora_rank=16, lora_alpha=32.0  [INFERRED] rank of each LoRA expert (the paper's is not found):
+                            seq-ft's rank, so a new expert per layer trains 3r(d + d_ff) parameters,
+                            an expansion of every layer ~0.6x seq-ft's LoRA and task 1 ~1.2x.
     probing=True            false = ablation: every layer expands (naive expansion with per-task
                             routers); the copy source is still the expert R^{t-1} uses most on the
                             probe subset (one measuring pass, no probe), so only layer choice differs.
     probe_data_fraction=0.1, probe_step_fraction=0.1   probe subset / steps (>= 1 record, >= 1 step).
-    probe_lr=None           [INFERRED] None = the run's task lr (``ctx.extra["lr"]``, 1e-3 if absent).
+    probe_lr=None           [INFERRED] None = the run's task lr.
     threshold_reading="A"   A: mean/std over layers' probe frequencies; B: over the layer's experts
                             (old + probe). Population std [INFERRED]; expand iff f > theta (strict,
                             up to a 1e-9 rounding tolerance).
     threshold_alpha=1.0     alpha [INFERRED: the value is not found].
     new_experts=1           N_s, experts added per expanded layer, all copies of the most-used one.
-    router_init_noise=0.01  [INFERRED] std of the noise on a copied router row, relative to the row's
-                            std (scale-free across model widths).
-    vae_hidden=64, vae_latent=16, vae_kl_weight=1e-3   the PTL VAE (Part A).
+    new_expert_routing="replace"  [INFERRED] how R^t treats a new expert and its source:
+                            "replace": the new row is the source's row and R^t masks the source, so
+                            R^t starts as exactly R^{t-1}'s function and the trainable copy takes all
+                            of its source's tokens; "split": the paper's literal reading, new row =
+                            source row + noise next to the routable source, which leaves about half
+                            of every such token on the frozen source.
+    router_init_noise=0.01  [INFERRED] "split" only: std of the noise on a copied router row,
+                            relative to the row's std (scale-free across model widths).
+    vae_hidden=64, vae_latent=16, vae_kl_weight=1e-3   the PTL VAE.
     vae_epochs=50, vae_lr=1e-3, vae_batch_size=64      [INFERRED] its Adam fit.
     vae_standardize=True    [INFERRED] each VAE z-scores its input with its own task's feature
                             mean/std (see ``ptl.TaskVAE``).
@@ -55,25 +66,22 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from bench.moe import LinearRouter, LoRAExperts, MoEFFN, set_router_choice
-from bench.trainer import train_steps
+from bench.moe import LinearRouter, MoEFFN, set_router_choice
 from methods import register
-from methods.cmoe.pgke import (READINGS, attach_probe, detach_probe, expand_layer, expansion_thresholds,
+from methods.cmoe.pgke import (READINGS, ROUTINGS, attach_probe, detach_probe, expand_layer, expansion_thresholds,
                                layers_to_expand, measure_usage, subset_loader)
 from methods.cmoe.ptl import BaseFeatureCache, TaskLocator, base_last_token_features, fit_task_vae
-from methods.moe_base import MoEHParams, MoEMethod
+from methods.base import TrainingPhase
+from methods.moe_base import LoRAExpertHParams, MoEMethod, lora_experts
 
 log = logging.getLogger(__name__)
 
-FALLBACK_LR = 1e-3  # the tiny preset's task lr, used for probes when the harness passes no lr
 STATE_VERSION = 1
 
 
 @dataclass
-class CMoEHParams(MoEHParams):
+class CMoEHParams(LoRAExpertHParams):
     num_initial_experts: int = 2
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
     probing: bool = True
     probe_data_fraction: float = 0.1
     probe_step_fraction: float = 0.1
@@ -81,6 +89,7 @@ class CMoEHParams(MoEHParams):
     threshold_reading: str = "A"
     threshold_alpha: float = 1.0
     new_experts: int = 1
+    new_expert_routing: str = "replace"
     router_init_noise: float = 0.01
     vae_hidden: int = 64
     vae_latent: int = 16
@@ -95,7 +104,7 @@ class CMoEHParams(MoEHParams):
         super().validate()
         checks = {
             "num_initial_experts >= top_k": self.num_initial_experts >= self.top_k,
-            "lora_rank >= 1": self.lora_rank >= 1,
+            f"new_expert_routing in {ROUTINGS}": self.new_expert_routing in ROUTINGS,
             "0 < probe_data_fraction <= 1": 0 < self.probe_data_fraction <= 1,
             "0 < probe_step_fraction <= 1": 0 < self.probe_step_fraction <= 1,
             "probe_lr > 0 or none": self.probe_lr is None or self.probe_lr > 0,
@@ -137,7 +146,7 @@ class CMoE(MoEMethod):
     def build_layer(self, index: int, mlp: nn.Module) -> MoEFFN:
         """N0 LoRA experts on the frozen FFN (residual-base) and router R^1; dropless top-k."""
         hp = self.hp
-        experts = LoRAExperts.on_mlp(mlp, hp.num_initial_experts, hp.lora_rank, hp.lora_alpha)
+        experts = lora_experts(mlp, hp.num_initial_experts, hp)
         router = LinearRouter(experts.d_in, hp.num_initial_experts, device=mlp.gate_proj.weight.device)
         return MoEFFN(experts, router, top_k=hp.top_k, dispatch=hp.dispatch)
 
@@ -160,32 +169,50 @@ class CMoE(MoEMethod):
     # --- lifecycle -------------------------------------------------------------------------------
     def begin_task(self, task_index: int, task, train_loader) -> None:
         self.task_names.append(str(getattr(task, "name", task)))
+        self._probe_report = None
+        self._extending = bool(self.layers)
         if not self.layers:
             self.install(self.model)      # task 1: N0 experts + R^1 per layer, all trainable
-            self._probe_report = None
             self._growth_report = {"expanded_layers": sorted(self.layers), "added_parameters": self._moe_numel(),
                                    "added_parameters_if_every_layer_expanded": self._moe_numel()}
             self._train_choice = 0
         else:
-            self._extend(task_index, train_loader)
+            self._freeze_all()
         self.reset_usage()
 
-    def _extend(self, task_index: int, train_loader) -> None:
+    def training_phases(self, task_index: int, task, train_loader, steps: int):
+        """Task 1: one phase. Task t >= 2 (PGKE): a probe phase on a subset (its own steps, lr and
+        schedule; probes discarded after it), the expansion decision, then the task phase."""
+        if self._extending:
+            yield from self._extend_phases(task_index, train_loader)
+        self.reset_usage()
+        yield TrainingPhase("task", list(self.trainable_parameters()), steps)
+
+    def _extend_phases(self, task_index: int, train_loader):
         """PGKE for task t >= 2: probe (or not), decide, copy experts, build R^t in every layer."""
         hp = self.hp
-        self._freeze_all()
         before = self._moe_numel()
         prev = {i: len(m.routers) - 1 for i, m in self.layers.items()}
         subset = subset_loader(train_loader, hp.probe_data_fraction, seed=self.ctx.run_seed * 1000 + task_index)
         report: dict[str, Any] = {"enabled": hp.probing, "records": len(subset.dataset)}
         if hp.probing:
-            freqs, stats = self._probe(subset, prev)
+            probe_router = {i: attach_probe(layer, prev[i]) for i, layer in self.layers.items()}
+            self._train_choice = next(iter(probe_router.values()))  # the same index in every layer
+            params = [p for layer in self.layers.values() for p in layer.parameters() if p.requires_grad]
+            steps = max(1, round(hp.probe_step_fraction * self.ctx.steps_per_task))
+            try:
+                yield TrainingPhase("probe", params, steps, loader=subset, lr=hp.probe_lr, counts_as_trained=False)
+                freqs = measure_usage(self.model, self.layers, subset, self.ctx.device,
+                                      lambda b: self._prepare_train(b, probe_router))
+            finally:
+                for layer in self.layers.values():
+                    detach_probe(layer)
             old = {i: f[:-1] for i, f in freqs.items()}
             probe_freq = {i: float(f[-1]) for i, f in freqs.items()}
             thresholds = expansion_thresholds(probe_freq, {i: f.tolist() for i, f in freqs.items()},
                                               hp.threshold_alpha, hp.threshold_reading)
             expand = layers_to_expand(probe_freq, thresholds)
-            report.update(stats, reading=hp.threshold_reading, alpha=hp.threshold_alpha)
+            report.update(steps=steps, lr=hp.probe_lr, reading=hp.threshold_reading, alpha=hp.threshold_alpha)
         else:
             old = measure_usage(self.model, self.layers, subset, self.ctx.device,
                                 lambda b: self._prepare_train(b, prev))
@@ -194,7 +221,7 @@ class CMoE(MoEMethod):
         for i, layer in self.layers.items():
             source = int(torch.argmax(old[i]))
             self._train_choice = expand_layer(layer, prev[i], source if expand[i] else None, hp.new_experts,
-                                              hp.router_init_noise)
+                                              hp.new_expert_routing, hp.router_init_noise)
             if not expand[i]:  # what naive expansion would have added here
                 naive_extra += hp.new_experts * (layer.experts.expert_numel(source) + layer.experts.d_in)
             entry = {"expanded": bool(expand[i]), "source_expert": source,
@@ -209,45 +236,10 @@ class CMoE(MoEMethod):
                                "added_parameters": added,
                                "added_parameters_if_every_layer_expanded": added + naive_extra}
 
-    def _accelerator(self):
-        acc = self.ctx.extra.get("accelerator")
-        if acc is not None:
-            return acc, False
-        from accelerate import Accelerator
-
-        return Accelerator(), True  # shares the process's AcceleratorState (device, precision)
-
-    def _probe(self, subset, prev: Mapping[int, int]) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
-        """Train probe experts + probe routers on ``subset``; return f_{l,e} (probe last) after training."""
-        hp = self.hp
-        probe_router = {i: attach_probe(layer, prev[i]) for i, layer in self.layers.items()}
-        params = [p for layer in self.layers.values() for p in layer.parameters() if p.requires_grad]
-        steps = max(1, round(hp.probe_step_fraction * self.ctx.steps_per_task))
-        lr = hp.probe_lr if hp.probe_lr is not None else float(self.ctx.extra.get("lr", FALLBACK_LR))
-        accelerator, own = self._accelerator()
-        start = time.perf_counter()
-        try:
-            stats = train_steps(self.model, params, subset, steps, accelerator=accelerator, lr=lr,
-                                aux_loss=self.auxiliary_loss, before_forward=self._prepare_probe(probe_router),
-                                desc=f"{self.name} probe")
-            freqs = measure_usage(self.model, self.layers, subset, self.ctx.device,
-                                  lambda b: self._prepare_train(b, probe_router))
-        finally:
-            for layer in self.layers.values():
-                detach_probe(layer)
-            if own:
-                accelerator.free_memory()  # drop its references to the probe optimizer and subset
-        # paper Table 14 reports probe time: training alone and with the measuring pass
-        return freqs, {"steps": steps, "lr": lr, "train_seconds": round(stats.seconds, 3),
-                       "seconds": round(time.perf_counter() - start, 3), "final_loss": _r6(stats.final_loss)}
-
     def _prepare_train(self, batch: dict[str, torch.Tensor], choice: Mapping[int, int]) -> None:
         super().before_forward(batch, "train")   # image-token mask
         for i, layer in self.layers.items():
             layer.set_router_choice(choice[i])
-
-    def _prepare_probe(self, choice: Mapping[int, int]):
-        return lambda batch, phase: self._prepare_train(batch, choice)
 
     def end_task(self, task_index: int, task, train_loader) -> None:
         """PTL: fit VAE_t on F_end of task t's training prompts, keep (m_t, s_t); freeze task t."""

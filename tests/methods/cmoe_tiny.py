@@ -93,19 +93,17 @@ def run_tasks(method, model, tasks: Sequence[int], steps: int = 10,
     """The protocol's method lifecycle without evaluation: attach, then begin/train/end per task."""
     from accelerate import Accelerator
 
-    from bench.trainer import train_steps
+    from bench.phases import train_task
     from methods.base import MethodContext
 
     acc = Accelerator()
     ctx = MethodContext(num_tasks=len(tasks), steps_per_task=steps, device=torch.device("cpu"), image_token_id=IMAGE,
-                        run_seed=0, extra={"accelerator": acc, "lr": 1e-2})
+                        run_seed=0)
     method.attach(model, ctx)
     for t, k in enumerate(tasks):
         loader, task = train_loader(k, seed=t), ToyTask(k)
         method.begin_task(t, task, loader)
-        train_steps(model, method.trainable_parameters(), loader, steps, accelerator=acc, lr=1e-2,
-                    aux_loss=method.auxiliary_loss, before_forward=method.before_forward,
-                    after_step=method.after_optimizer_step, desc="toy")
+        train_task(model, method, t, task, loader, steps, accelerator=acc, lr=1e-2, desc="toy")
         method.end_task(t, task, loader)
         after_task(t)
     return ctx

@@ -15,6 +15,7 @@ from bench.__main__ import main
 from bench.protocol import run
 from bench.records import read_record
 from methods.base import MethodContext
+from methods.cmoe import method as cmoe_method
 from methods.cmoe.method import CMoE, CMoEHParams, CMoEOracle
 
 from cmoe_tiny import (BATCH, D, IMAGE, RECORDS, ToySplit, ToyTask, collate_eval, eval_batch, one_thread,  # noqa: F401
@@ -89,8 +90,10 @@ def test_old_routers_and_experts_are_bit_identical_after_later_tasks(trained):
 
 def test_reports_hold_probe_statistics_and_growth(trained):
     method, _, _, reports = trained
-    assert reports[0]["probing"] is None and reports[0]["routers_per_layer"] == {"0": 1, "2": 1}
-    experts = {"0": 2, "2": 2}
+    layers = [str(i) for i in method.layers]
+    assert layers == ["0", "1", "2", "3"]   # every decoder layer is an MoE layer by default
+    assert reports[0]["probing"] is None and reports[0]["routers_per_layer"] == {i: 1 for i in layers}
+    experts = {i: 2 for i in layers}
     for t, rep in enumerate(reports[1:], start=1):
         probe = rep["probing"]
         assert probe["enabled"] and probe["reading"] == "A" and probe["records"] == 3 and probe["steps"] == 1
@@ -99,7 +102,7 @@ def test_reports_hold_probe_statistics_and_growth(trained):
             assert sum(stats["expert_frequencies"]) == pytest.approx(2.0)  # top-2 of every real token
             assert stats["expanded"] == (stats["probe_frequency"] > stats["threshold"] + 1e-9)
             experts[layer] += stats["expanded"]
-        assert rep["experts_per_layer"] == experts and rep["routers_per_layer"] == {"0": t + 1, "2": t + 1}
+        assert rep["experts_per_layer"] == experts and rep["routers_per_layer"] == {i: t + 1 for i in layers}
         assert rep["added_parameters"] <= rep["added_parameters_if_every_layer_expanded"]
         assert rep["ptl"]["samples"] == RECORDS // BATCH * BATCH
 
@@ -190,20 +193,24 @@ def test_oracle_uses_the_given_task_and_reports_a_missing_one(trained):
 
 # --- parameter savings and the threshold flag inside the method ----------------------------------------
 def begin_second_task(monkeypatch, hp: CMoEHParams, freqs: dict[int, list[float]] | None) -> CMoE:
-    """Task 1 trained for two steps, then begin_task of task 2 with hand-made probe frequencies."""
-    if freqs is not None:
-        monkeypatch.setattr(CMoE, "_probe", lambda self, subset, prev: (
-            {i: torch.tensor(f, dtype=torch.float64) for i, f in freqs.items()}, {"steps": 0}))
+    """Task 1 trained for two steps, then task 2's phases up to its task phase (the probe phase is
+    not trained) with hand-made probe frequencies (old experts, then the probe)."""
     method, model = CMoE(hp), tiny_llava()
     run_tasks(method, model, [0], steps=2)
-    method.begin_task(1, ToyTask(1), train_loader(1))
+    if freqs is not None:
+        monkeypatch.setattr(cmoe_method, "measure_usage", lambda *args: {
+            i: torch.tensor(f, dtype=torch.float64) for i, f in freqs.items()})
+    loader = train_loader(1)
+    method.begin_task(1, ToyTask(1), loader)
+    phases = [phase.name for phase in method.training_phases(1, ToyTask(1), loader, 2)]
+    assert phases == (["probe", "task"] if hp.probing else ["task"])
     return method
 
 
 @pytest.mark.parametrize("reading, expanded", [("A", [0]), ("B", [])])
 def test_only_probed_layers_grow_and_copies_are_exact(monkeypatch, reading, expanded):
     freqs = {0: [0.8, 0.7, 0.5], 2: [0.9, 0.9, 0.2]}   # A: theta = 0.35 - 0.15 = 0.2; B: per layer
-    method = begin_second_task(monkeypatch, CMoEHParams(threshold_reading=reading), freqs)
+    method = begin_second_task(monkeypatch, CMoEHParams(threshold_reading=reading, moe_layers="alternate"), freqs)
     rep = method.task_report()
     assert rep["expanded_layers"] == expanded
     for i, layer in method.layers.items():
@@ -211,7 +218,7 @@ def test_only_probed_layers_grow_and_copies_are_exact(monkeypatch, reading, expa
         if i in expanded:   # source = most-used old expert (0 in layer 0)
             for a, b in zip(layer.experts.experts[2].parameters(), layer.experts.experts[0].parameters()):
                 assert torch.equal(a, b)
-    naive = begin_second_task(monkeypatch, CMoEHParams(probing=False), None).task_report()
+    naive = begin_second_task(monkeypatch, CMoEHParams(probing=False, moe_layers="alternate"), None).task_report()
     assert naive["expanded_layers"] == [0, 2] and naive["probing"]["enabled"] is False
     assert rep["added_parameters"] < naive["added_parameters"]
     assert rep["added_parameters_if_every_layer_expanded"] == naive["added_parameters"]
@@ -235,7 +242,7 @@ def test_three_task_run_writes_probe_statistics(tiny_config):
     assert len(reports) == 3 and reports[0]["probing"] is None
     for t in (1, 2):
         layers = reports[t]["probing"]["layers"]
-        assert set(layers) == {"0", "2"}
+        assert set(layers) == {"0", "1", "2", "3"}
         assert all({"probe_frequency", "threshold", "expanded"} <= set(v) for v in layers.values())
         assert params[t]["total"] - params[t - 1]["total"] == reports[t]["added_parameters"]
         assert reports[t]["ptl"]["samples"] > 0

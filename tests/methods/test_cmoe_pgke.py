@@ -70,13 +70,13 @@ def test_probe_attach_and_detach_leave_the_layer_as_it_was():
     assert all(torch.equal(p, snap[n]) for n, p in layer.named_parameters())
 
 
-@pytest.mark.parametrize("noise", [0.0, 0.01])
-def test_expansion_copies_the_most_used_expert_exactly(noise):
+@pytest.mark.parametrize("routing,noise", [("replace", 0.0), ("split", 0.0), ("split", 0.01)])
+def test_expansion_copies_the_most_used_expert_exactly(routing, noise):
     layer = lora_layer()
     layer.experts.freeze()
     layer.routers[0].freeze()
     r1 = layer.routers[0].weight.detach().clone()
-    idx = expand_layer(layer, prev_router=0, source=1, num_new=1, router_noise=noise)
+    idx = expand_layer(layer, prev_router=0, source=1, num_new=1, routing=routing, router_noise=noise)
     new = layer.experts.experts[2]
     src = layer.experts.experts[1]
     for a, b in zip(new.parameters(), src.parameters()):
@@ -88,10 +88,25 @@ def test_expansion_copies_the_most_used_expert_exactly(noise):
     else:
         assert not torch.equal(w[2], r1[1])
         assert (w[2] - r1[1]).std() < 5 * noise * r1[1].std()
+    # replace: R^t cannot reach the source, so it starts as exactly R^{t-1}'s function
+    assert layer.routers[idx].row_mask.tolist() == [True, routing == "split", True]
     assert torch.equal(layer.routers[0].weight, r1) and not layer.routers[0].groups[0].requires_grad
+    assert layer.routers[0].row_mask.all()   # the old router still reaches every old expert
     # a layer that is not expanded still gets its task router, over the old experts only
-    idx2 = expand_layer(layer, prev_router=idx, source=None, num_new=1, router_noise=noise)
+    idx2 = expand_layer(layer, prev_router=idx, source=None, num_new=1, routing=routing, router_noise=noise)
     assert layer.experts.num_experts == 3 and torch.equal(layer.routers[idx2].weight, w)
+
+
+def test_replace_routing_starts_as_the_previous_task_router():
+    layer = lora_layer()
+    with torch.no_grad():
+        for p in layer.experts.experts.parameters():
+            p.normal_(0, 0.1)
+    x = torch.randn(1, 20, D)
+    before = layer(x)
+    idx = expand_layer(layer, prev_router=0, source=1, num_new=1, routing="replace")
+    layer.set_router_choice(idx)
+    torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-6)
 
 
 def test_probe_subset_is_a_reproducible_tenth():

@@ -1,5 +1,6 @@
-"""EvoMoE (methods/evomoe.py): evolution rules, the phase switch inside one harness task, DTR routing by
-modality, expert diversity, the copied-experts ablation, resume, and tiny end-to-end runs."""
+"""EvoMoE (methods/evomoe.py): evolution rules, the two phases of a task (each its own optimiser and
+schedule in the shared trainer), the dense base before the first task, DTR routing by modality,
+expert diversity, the copied-experts ablation, resume, and tiny end-to-end runs."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from bench.moe.diversity import cosine_distance_matrix, diversity_report, expert
 from bench.moe.evolution import BetaSampler
 from bench.protocol import Hooks, run
 from bench.records import read_record
-from bench.trainer import train_steps
+from bench.phases import train_task as run_phases
 from methods.base import MethodContext
 from micro_llava import micro_llava  # tests/ is on sys.path through its conftest.py
 
@@ -64,18 +65,26 @@ def attached(model=None, run_seed: int = 0, **hp):
     return model, method
 
 
-def train_task(model, method, accelerator, t: int, data, weight_decay: float = 0.0, after=lambda: None):
-    method.begin_task(t, None, data)
+def train_task(model, method, accelerator, t: int, data, weight_decay: float = 0.0, after=lambda: None,
+               begin: bool = True):
+    """One harness task: begin_task, the method's phases through the shared trainer, end_task; ``after``
+    runs after every optimiser step."""
+    if begin:
+        method.begin_task(t, None, data)
+    step = method.after_optimizer_step
 
     def after_step():
-        method.after_optimizer_step()
+        step()
         after()
 
-    stats = train_steps(model, method.trainable_parameters(), data, STEPS, accelerator=accelerator, lr=1e-2,
-                        weight_decay=weight_decay, aux_loss=method.auxiliary_loss,
-                        before_forward=method.before_forward, after_step=after_step)
+    method.after_optimizer_step = after_step
+    try:
+        done = run_phases(model, method, t, None, data, STEPS, accelerator=accelerator, lr=1e-2,
+                          weight_decay=weight_decay)
+    finally:
+        del method.after_optimizer_step
     method.end_task(t, None, data)
-    return stats
+    return done
 
 
 def groups(method) -> dict[str, list[torch.nn.Parameter]]:
@@ -101,8 +110,12 @@ def test_evolution_phase_is_exactly_expert_one():
     with torch.no_grad():
         dense = model(**batch).logits
     model, method = attached(model)
+    assert method.layers == {}                       # no MoE before the first task: row 0 is the dense base
     method.begin_task(0, None, None)
-    method.before_forward(batch, "train")
+    with torch.no_grad():                            # installed but idle: E copies, top-1 over a fresh router
+        assert not torch.allclose(model(**batch).logits, dense)
+    phase = next(method.training_phases(0, None, None, STEPS))
+    assert (phase.name, phase.steps) == ("evolution", STEPS // 2)
     assert method.phase == "evolution" and method.auxiliary_loss() is None
     g = groups(method)
     assert all(p.requires_grad for p in g["theta1"])
@@ -125,7 +138,7 @@ def test_evolution_rule_numerically(rule):
     torch.manual_seed(5)
     model, method = attached(evolution_rule=rule)
     method.begin_task(0, None, None)
-    method.before_forward(batches(1)[0], "train")   # enters the evolution phase (scaled: snapshots θ_1)
+    next(method.training_phases(0, None, None, STEPS))   # enters the evolution phase (scaled: snapshots θ_1)
     layers = list(method.layers.values())
     with torch.no_grad():                            # make θ_n differ from θ_1 so the readings differ
         for m in layers:
@@ -160,23 +173,28 @@ def test_beta_draws_are_seeded_by_the_run_seed():
     assert torch.equal(da, db) and not torch.equal(da, dc)
     _, m0 = attached(run_seed=0)
     _, m1 = attached(run_seed=1)
+    for m in (m0, m1):
+        m.begin_task(0, None, None)
     assert not torch.equal(m0.evolution.sampler.draw(), m1.evolution.sampler.draw())
     per_layer = BetaSampler(RANGES, seed=0, groups=2).draw()
     assert per_layer.shape == (2, 3) and not torch.equal(per_layer[0], per_layer[1])
 
 
-# --- the phase switch inside one harness task --------------------------------------------------------
-def test_phase_switch_with_the_harness_trainer(accelerator):
+# --- the two phases of a task ------------------------------------------------------------------------
+def test_phases_with_the_harness_trainer(accelerator):
     """4 steps, evolution_fraction 0.5, AdamW with weight decay 0.1: in steps 1-2 θ_1 trains and θ_n
     evolve while every router parameter stays bit-identical; in steps 3-4 the router trains and every
-    expert stays bit-identical although θ_1 has AdamW state (None grads are skipped, decay included)."""
+    expert stays bit-identical. Each phase has its own optimiser and a full schedule of its own."""
     model, method = attached()
+    method.begin_task(0, None, None)
     g = groups(method)
     history = []
     prev = {k: snap(v) for k, v in g.items()}
-    stats = train_task(model, method, accelerator, 0, batches(STEPS), weight_decay=0.1,
-                       after=lambda: history.append({k: snap(v) for k, v in g.items()}))
-    assert stats.trained_parameters == sum(p.numel() for k in ("theta1", "text", "image", "proj") for p in g[k])
+    done = train_task(model, method, accelerator, 0, batches(STEPS), weight_decay=0.1, begin=False,
+                      after=lambda: history.append({k: snap(v) for k, v in g.items()}))
+    assert [(name, stats.steps) for name, _, stats in done.phases] == [("evolution", 2), ("router", 2)]
+    assert done.trained_parameters == sum(p.numel() for k in ("theta1", "text", "image", "proj") for p in g[k])
+    assert done.evolved_parameters == sum(p.numel() for p in g["evolved"])
     assert [m.top_k for m in method.layers.values()] == [1, 1]
     for step, now in enumerate(history):
         evolution = step < 2
@@ -197,6 +215,8 @@ def test_phase_switch_with_the_harness_trainer(accelerator):
 def test_router_sees_token_types_through_before_forward(router):
     torch.manual_seed(1)
     model, method = attached(router=router)
+    method.begin_task(0, None, None)
+    assert len(method.layers) == 2
     ids = torch.randint(0, 60, (1, 32))
     ids[0, :16] = IMG
     method.before_forward({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, "prefill")
@@ -246,21 +266,22 @@ def test_diversity_on_hand_made_experts():
 # --- copied-experts ablation ------------------------------------------------------------------------
 def test_copied_experts_start_identical_and_train_jointly(accelerator):
     _, evolved = attached()
+    evolved.begin_task(0, None, None)
     assert diversity_report(evolved.layers)["mean"] == 0.0
     model, method = attached(experts="copied")
-    assert diversity_report(method.layers)["mean"] == 0.0      # the "expert uniformity" EvoMoE targets
     method.begin_task(0, None, None)
+    assert diversity_report(method.layers)["mean"] == 0.0      # the "expert uniformity" EvoMoE targets
     assert method.evolving_parameters() == []
     assert {id(p) for p in method.trainable_parameters()} == {
         id(p) for m in method.layers.values() for p in m.parameters()}
-    method.before_forward(batches(1)[0], "train")
+    assert [p.name for p in method.training_phases(0, None, None, STEPS)] == ["joint"]
     assert method.phase == "joint" and all(bool(m.router.row_mask.all()) for m in method.layers.values())
     experts = snap(method._expert_params(range(4)))
     method.after_optimizer_step()                    # no evolution in this ablation
     assert same(experts, method._expert_params(range(4)))
     method.end_task(0, None, None)
-    stats = train_task(model, method, accelerator, 1, batches(STEPS, seed=3))
-    assert stats.trained_parameters == sum(p.numel() for m in method.layers.values() for p in m.parameters())
+    done = train_task(model, method, accelerator, 1, batches(STEPS, seed=3))
+    assert done.trained_parameters == sum(p.numel() for m in method.layers.values() for p in m.parameters())
     assert method.task_report()["expert_diversity"]["mean"] > 0
     assert method.auxiliary_loss() is not None
 

@@ -1,5 +1,6 @@
-"""naive-expansion: exactly K LoRA experts + K router rows per MoE layer per task, old experts and rows
-frozen and bit-identical through a later task, linear growth in the record, state round trip."""
+"""naive-expansion: exactly K LoRA experts + K router rows per MoE layer per task, old experts frozen
+and bit-identical through a later task (old rows too when frozen), new rows that start at zero,
+linear growth in the record, state round trip."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import json
 import torch
 from transformers import LlavaForConditionalGeneration
 
-from bench.moe import LoRAExperts, decoder_layers
+from bench.moe import LoRAExperts, LoRAFFNExperts, decoder_layers
 from bench.protocol import Hooks, run
 from bench.records import read_record
 from methods import hparams_for
@@ -29,8 +30,17 @@ def attached(model, **overrides) -> NaiveExpansion:
 
 
 def increment(K: int, r: int, d: int, layers: int) -> int:
-    """Per task: K experts of A (r x d) + B (d x r) and K router rows of d, in every MoE layer."""
+    """Output-delta experts, per task: K experts of A (r x d) + B (d x r) and K router rows of d, in
+    every MoE layer."""
     return layers * K * (2 * r * d + d)
+
+
+def ffn_increment(K: int, r: int, d: int, d_ff: int, layers: int) -> int:
+    """LoRA-FFN experts, per task: K experts of a rank-r LoRA on gate, up and down (3 r (d + d_ff))
+    and K router rows of d, in every MoE layer."""
+    return layers * K * (3 * r * (d + d_ff) + d)
+
+FROZEN_ROWS = dict(expert_type="delta", moe_layers="alternate", train_old_rows="false", new_row_init="kaiming")
 
 
 def train_a_little(model, method, steps: int = 3) -> None:
@@ -52,7 +62,7 @@ def test_each_task_adds_exactly_k_experts_and_k_rows_and_trains_only_them():
     ids = torch.randint(0, 60, (2, 9))
     with torch.no_grad():
         dense = model(input_ids=ids).logits
-    method = attached(model, experts_per_task="3", lora_rank="4", top_k="2")
+    method = attached(model, experts_per_task="3", lora_rank="4", top_k="2", **FROZEN_ROWS)
     base_total = sum(p.numel() for p in model.parameters())
     step = increment(K=3, r=4, d=D, layers=2)
     for t in range(3):
@@ -76,7 +86,7 @@ def test_each_task_adds_exactly_k_experts_and_k_rows_and_trains_only_them():
 
 def test_old_experts_and_rows_stay_bit_identical_under_adamw_weight_decay():
     model = tiny_llava()
-    method = attached(model)
+    method = attached(model, train_old_rows="false")
     method.begin_task(0, None, None)
     train_a_little(model, method)
     moe = decoder_layers(model)[2].mlp
@@ -92,14 +102,24 @@ def test_old_experts_and_rows_stay_bit_identical_under_adamw_weight_decay():
                zip([p for e in (2, 3) for p in moe.experts.expert_parameters(e)], new_before))
 
 
-def test_train_old_rows_trains_the_old_rows_but_not_the_old_experts():
+def test_defaults_train_the_whole_router_with_zero_new_rows_but_not_the_old_experts():
     model = tiny_llava()
-    method = attached(model, train_old_rows="true")
+    method = attached(model)
     method.begin_task(0, None, None)
+    train_a_little(model, method)
     method.begin_task(1, None, None)
-    moe = decoder_layers(model)[0].mlp
+    moe = decoder_layers(model)[3].mlp     # every decoder layer is an MoE layer
+    assert isinstance(moe.experts, LoRAFFNExperts)
     assert all(g.requires_grad for g in moe.router.groups)
+    assert torch.count_nonzero(moe.router.groups[1]) == 0
     assert moe.experts.is_frozen(0) and moe.experts.is_frozen(1) and not moe.experts.is_frozen(2)
+    # new experts start as the dense FFN and new rows at logit 0: a new expert is taken only where
+    # the old rows' logits are below zero, and its output there is the frozen FFN's
+    assert moe.experts.expert_numel(2) == 3 * 16 * (D + 40)
+    x = torch.randn(5, D)
+    with torch.no_grad():
+        assert torch.equal(moe.router(x)[:, 2:], torch.zeros(5, 2))
+        torch.testing.assert_close(moe.experts.expert_forward(2, x), moe.experts.base(x))
 
 
 def test_state_dict_round_trip_reproduces_the_trained_method():
@@ -134,18 +154,19 @@ def test_record_shows_linear_growth_and_frozen_old_experts(tiny_config):
 
     cfg = tiny_config(method="naive-expansion", mini_test=8, max_new_tokens=4)
     record = read_record(run(cfg, Hooks(after_train=after)))
-    d = 128  # the tiny preset's text hidden size
-    step = increment(K=2, r=16, d=d, layers=2)
+    d, d_ff = 128, 344  # the tiny preset's text hidden and FFN sizes
+    step = ffn_increment(K=2, r=16, d=d, d_ff=d_ff, layers=4)
     params = record["parameters"]
     assert params[1]["total"] - params[0]["total"] == step
-    assert params[0]["trained"] == params[1]["trained"] == step
+    # task 1 trains its experts and router; task 2 its new experts and the whole router (old rows too)
+    assert params[0]["trained"] == step and params[1]["trained"] == step + 4 * 2 * d
     # a token uses top-2 of the layer's experts: the other experts are the inactive ones
     assert params[1]["total"] - params[1]["activated_per_token"] - \
-        (params[0]["total"] - params[0]["activated_per_token"]) == 2 * 2 * (2 * 16 * d)
-    # task 1's experts (0, 1) and router group 0 are bit-identical after task 2
-    old = [n for n in snapshots[0] if ".experts.experts.0." in n or ".experts.experts.1." in n
-           or n.endswith("routers.0.groups.0")]
-    assert len(old) == 2 * (2 * 2 + 1)
+        (params[0]["total"] - params[0]["activated_per_token"]) == 4 * 2 * (3 * 16 * (d + d_ff))
+    # task 1's experts (0, 1) are bit-identical after task 2
+    old = [n for n in snapshots[0] if ".experts.experts.0." in n or ".experts.experts.1." in n]
+    assert len(old) == 4 * 2 * 3 * 2
     assert all(torch.equal(snapshots[0][n], snapshots[1][n]) for n in old)
-    assert [r["experts_per_layer"] for r in record["method_reports"]] == [{"0": 2, "2": 2}, {"0": 4, "2": 4}]
+    assert [r["experts_per_layer"] for r in record["method_reports"]] == [{str(i): 2 for i in range(4)},
+                                                                          {str(i): 4 for i in range(4)}]
     assert len(record["method_reports"][1]["expert_utilisation"]["0"]) == 4
