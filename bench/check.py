@@ -23,9 +23,13 @@ is 2 points: the tolerance admits one flipped answer per cell and no more, while
 change (a broken method, a changed trainer or data generator) moves many answers in many cells.
 
 It also verifies that ``results/LEADERBOARD.md`` and ``results/leaderboard.csv`` are byte-identical to
-what ``bench.leaderboard`` regenerates from ``results/runs/``. ``--update`` rewrites the baselines
-deliberately (one command; rerun it whenever the trainer, the data generators or a method change on
-purpose). Exit code 1 on any failure, with a per-method PASS/FAIL table.
+what ``bench.leaderboard`` regenerates from ``results/runs/``, and gates learnability on those records
+(``bench.learnability``): every default configuration (no changed hyper-parameter, or every record run
+without ``--set``; oracle rows included) of a checked method must score above chance +
+``LEARNABILITY_MARGIN`` points on every task right after training on it (the accuracy-matrix diagonal,
+mean over seeds; joint training, which has no diagonal: its Last row).
+``--update`` rewrites the baselines deliberately (one command; rerun it whenever the trainer, the data
+generators or a method change on purpose). Exit code 1 on any failure, with a per-method PASS/FAIL table.
 """
 from __future__ import annotations
 
@@ -193,12 +197,35 @@ def check_leaderboard(runs_dir: Path, results_dir: Path) -> MethodResult:
     return MethodResult("leaderboard", "PASS", detail=f"{' and '.join(names)} match {runs_dir}")
 
 
+def check_learnability(runs_dir: Path, method_names: list[str] | None = None) -> MethodResult:
+    """The learnability gate on the records under ``runs_dir`` for ``method_names`` (default: every
+    registered method); see :func:`bench.learnability.gate`."""
+    from bench.leaderboard import build_groups, load_records
+    from bench.learnability import LEARNABILITY_MARGIN, gate
+    from bench.records import RecordError
+
+    try:
+        loaded = load_records(Path(runs_dir))
+    except RecordError as e:
+        if not any(Path(runs_dir).glob("*.json")):
+            return MethodResult("learnability", "PASS", detail=f"no records under {runs_dir}")
+        return MethodResult("learnability", "FAIL", [f"cannot read the records: {e}"])
+    res = gate(build_groups([r for _p, r in loaded]), method_names)
+    notes = "; ".join(res.notes)
+    if res.problems:
+        return MethodResult("learnability", "FAIL", res.problems + ([f"note: {notes}"] if notes else []))
+    detail = (f"{res.judged} default configuration(s) above chance + {LEARNABILITY_MARGIN:g} on every task right "
+              f"after training on it" + (f"; {notes}" if notes else ""))
+    return MethodResult("learnability", "PASS", detail=detail)
+
+
 def run_check(method_names: list[str], *, baseline_dir: Path = BASELINE_DIR, update: bool = False,
               runs_dir: Path | None = Path("results/runs"), results_dir: Path = Path("results"),
               overrides: dict[str, Any] | None = None, runner: Callable[[RunConfig], Path] | None = None,
               all_methods: bool = False, tolerance: float = TOLERANCE,
               on_result: Callable[[MethodResult], None] = lambda r: None) -> list[MethodResult]:
-    """Check (or update) every method in order, then the leaderboard (skipped when ``runs_dir`` is None)."""
+    """Check (or update) every method in order, then the leaderboard and the learnability of these methods'
+    default configurations in the records (both skipped when ``runs_dir`` is None)."""
     if runner is None:
         from bench.protocol import run as runner
     results = []
@@ -210,6 +237,7 @@ def run_check(method_names: list[str], *, baseline_dir: Path = BASELINE_DIR, upd
         results += orphan_baselines(baseline_dir, method_names)
     if runs_dir is not None:
         results.append(check_leaderboard(runs_dir, results_dir))
+        results.append(check_learnability(runs_dir, method_names))
     return results
 
 
@@ -258,6 +286,10 @@ def command(args: argparse.Namespace) -> int:
               f"Accuracy tolerance {TOLERANCE:g} points per cell, parameter counts exact. If the change is "
               "intended, regenerate the baselines with `python -m bench check --update` and/or the leaderboard "
               "with `python -m bench leaderboard`, and commit them.")
+        if "learnability" in failed:
+            print("A learnability failure is no regression against a baseline: a method's committed records do "
+                  "not learn a task above chance (see LEADERBOARD.md, 'Right after training (diagonal) vs "
+                  "chance'); fix the method or the task, then regenerate the records.")
         return 1
     print(f"\nbench check passed ({len(results)} checks, {total:.1f} s)")
     return 0

@@ -15,7 +15,18 @@ Parameter columns (from the record's ``parameters`` list, one entry per stage, f
 * **Params added**: ``parameters[-1].total - (parameters[0].total - parameters[0].trained)``, i.e. the
   total after the stream minus what was frozen during the first stage (≈ the stage-0 backbone). It counts
   the method's own first-stage parameters (adapters, experts, routers) plus all growth afterwards.
+* **Trained/task**: the mean over the tasks after the first of ``parameters[k].trained`` (what stage ``k``
+  trained; for a growing method, what a new task can train); – with a single stage (joint training).
 * **Activated/token**: ``parameters[-1].activated_per_token``.
+
+Per group, after the main table (see :mod:`bench.learnability`):
+
+* **Right after training (diagonal) vs chance**: per configuration the mean over seeds of ``A[t+1][t]``,
+  cells at or below chance + ``LEARNABILITY_MARGIN`` marked ``✗``, and how many tasks are above it; joint
+  training has no diagonal and shows its Last row. The heatmaps hatch the same cells of their seed.
+* **Task locator (PTL) accuracy after the last task**, for records whose last-row scores carry the method's
+  ``ptl_accuracy`` / ``ptl_predicted`` (LLaVA-CMoE): per task the mean over seeds, and a confusion-matrix
+  plot per configuration (``ptl_predicted`` counts summed over seeds, row-normalised).
 
 Everything is a pure function of the records (no timestamps, fixed ordering), so regenerating from
 the same records writes byte-identical Markdown and CSV.
@@ -29,6 +40,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from bench.learnability import LEARNABILITY_MARGIN, MARK, flagged_cells, record_chance, row_learnability
 from bench.records import RecordError, atomic_write_text, read_record
 
 METRICS = (("last", "Last"), ("mft", "MFT"), ("maa", "MAA"), ("bwt", "BWT"), ("forgetting", "Forgetting"),
@@ -38,7 +50,9 @@ HEADER_NOTE = (
     "Metrics in percent, `mean ± std` over seeds (sample std; 0.00 for n=1; – where undefined, e.g. the "
     "per-stage metrics of joint training). *Params total* = parameters after the stream; *Params added* = "
     "`parameters[-1].total − (parameters[0].total − parameters[0].trained)`, the total after the stream minus "
-    "what was frozen in the first stage (≈ the stage-0 backbone); *Activated/token* after the stream; *Wall s* = "
+    "what was frozen in the first stage (≈ the stage-0 backbone); *Trained/task* = mean over the tasks after the "
+    "first of `parameters[k].trained`, the parameters stage k trained (for a growing method: what a new task can "
+    "train; – with one stage); *Activated/token* after the stream; *Wall s* = "
     "mean total wall time per run. Rows sorted by Last (descending). `(oracle)` rows use the task identity at "
     "test time (upper bound); `[key=value]` rows are ablations with non-default hyper-parameters.")
 
@@ -166,6 +180,12 @@ def params_added(params: list[dict[str, Any]]) -> int:
     return int(params[-1]["total"]) - (int(params[0]["total"]) - int(params[0]["trained"]))
 
 
+def trained_per_task(params: list[dict[str, Any]]) -> float | None:
+    """Mean of ``trained`` over the stages after the first; None with a single stage."""
+    later = [int(p["trained"]) for p in params[1:]]
+    return sum(later) / len(later) if later else None
+
+
 @dataclasses.dataclass
 class Row:
     label: str
@@ -227,6 +247,8 @@ def table_frame(rows: list[Row]):
         p = row.first["parameters"]
         d["Params total"] = f"{int(p[-1]['total']):,}"
         d["Params added"] = f"{params_added(p):,}"
+        tpt = trained_per_task(p)
+        d["Trained/task"] = DASH if tpt is None else f"{round(tpt):,}"
         d["Activated/token"] = f"{int(p[-1]['activated_per_token']):,}"
         d["Wall s"] = f"{mean_std([r['wall_time']['total'] for r in row.records])[0]:.1f}"
         data.append(d)
@@ -251,11 +273,114 @@ def csv_frame(groups: list[tuple[tuple, list[Row]]]):
             p = row.first["parameters"]
             d["params_total"] = int(p[-1]["total"])
             d["params_added"] = params_added(p)
+            tpt = trained_per_task(p)
+            d["trained_per_task"] = None if tpt is None else round(tpt, 3)
             d["activated_per_token"] = int(p[-1]["activated_per_token"])
             d["wall_time_s"] = round(mean_std([r["wall_time"]["total"] for r in row.records])[0], 3)
+            info = row_learnability(row)
+            d["tasks_learned"] = None if info.reason is not None else info.learned()
+            d["tasks_judged"] = None if info.reason is not None else len(info.judged())
+            ptl = ptl_accuracy(row)
+            d["ptl_accuracy_mean"] = None if ptl is None or ptl[1] is None else round(ptl[1], 6)
             d["run_ids"] = " ".join(r["run_id"] for r in row.records)
             data.append(d)
+    df = pd.DataFrame(data)
+    for col in ("tasks_learned", "tasks_judged"):
+        if col in df:
+            df[col] = df[col].astype("Int64")  # integers, empty where unknown
+    return df
+
+
+# --- learnability and the task locator -------------------------------------------------------------
+
+def group_tasks(rows: list[Row]) -> list[str]:
+    """The group's tasks in first-seen order (rows in table order, each record's task order)."""
+    return list(dict.fromkeys(t for row in rows for r in row.records for t in r["tasks"]))
+
+
+def learnability_frame(rows: list[Row]):
+    """Chance row, then one row per configuration: mean accuracy right after training on each task (joint
+    training: its Last row), ``✗`` at or below chance + margin, and the count of tasks above it."""
+    import pandas as pd
+
+    names = group_tasks(rows)
+    infos = [row_learnability(row) for row in rows]
+    chance_row: dict[str, Any] = {"Method": "chance"}
+    for t in names:
+        vals = sorted({round(i.chance[t], 1) for i in infos if i.chance.get(t) is not None})
+        span = f"{vals[0]:.1f}" if len(vals) == 1 else f"{vals[0]:.1f}–{vals[-1]:.1f}" if vals else DASH
+        chance_row[t] = span  # a range when the configurations' data (seeds, sizes) differ
+    chance_row["tasks learned"] = ""
+    data = [chance_row]
+    for info in infos:
+        d: dict[str, Any] = {"Method": info.label + (" (joint: Last row)" if info.joint else "")}
+        for t in names:
+            if t not in info.values:
+                d[t] = DASH
+                continue
+            d[t] = f"{info.values[t]:.1f}" + (f" {MARK}" if t in info.failing() else "")
+        d["tasks learned"] = DASH if info.reason is not None else f"{info.learned()}/{len(info.judged())}"
+        data.append(d)
     return pd.DataFrame(data)
+
+
+def _last_scores(r: dict[str, Any]) -> dict[str, Any]:
+    scores = r.get("scores") or []
+    return scores[-1] if scores and isinstance(scores[-1], dict) else {}
+
+
+def _method_scores(r: dict[str, Any], task: str) -> dict[str, Any]:
+    cell = _last_scores(r).get(task)
+    return (cell.get("method") or {}) if isinstance(cell, dict) else {}
+
+
+def has_ptl(row: Row) -> bool:
+    """Whether every record of ``row`` carries the task locator's accuracy in its last row's scores."""
+    return all(any("ptl_accuracy" in _method_scores(r, t) for t in r["tasks"]) for r in row.records)
+
+
+def ptl_accuracy(row: Row) -> tuple[dict[str, float], float | None] | None:
+    """({task: mean over seeds of the last row's ptl_accuracy, in %}, mean over those tasks), or None."""
+    if not has_ptl(row):
+        return None
+    per_task: dict[str, float] = {}
+    for t in dict.fromkeys(t for r in row.records for t in r["tasks"]):
+        vals = [float(_method_scores(r, t)["ptl_accuracy"]) * 100 for r in row.records
+                if "ptl_accuracy" in _method_scores(r, t)]
+        if len(vals) == len(row.records):
+            per_task[t] = sum(vals) / len(vals)
+    return per_task, (sum(per_task.values()) / len(per_task) if per_task else None)
+
+
+def ptl_frame(rows: list[Row]):
+    import pandas as pd
+
+    names = group_tasks(rows)
+    data = []
+    for row in rows:
+        res = ptl_accuracy(row)
+        if res is None:
+            continue
+        per_task, mean = res
+        d: dict[str, Any] = {"Method": row.label, "n": len(row.records)}
+        d.update({t: DASH if t not in per_task else f"{per_task[t]:.1f}" for t in names})
+        d["mean"] = DASH if mean is None else f"{mean:.1f}"
+        data.append(d)
+    return pd.DataFrame(data) if data else None
+
+
+def ptl_confusion(row: Row) -> tuple[list[str], list[str], list[list[int]]]:
+    """(true tasks, predicted tasks, counts[true][predicted]) summed over the row's records, last row."""
+    true = list(dict.fromkeys(t for r in row.records for t in r["tasks"]))
+    predicted_keys = {p for r in row.records for t in r["tasks"]
+                      for p in (_method_scores(r, t).get("ptl_predicted") or {})}
+    predicted = true + sorted(predicted_keys - set(true))
+    counts = [[0] * len(predicted) for _ in true]
+    for r in row.records:
+        for t in r["tasks"]:
+            for p, n in (_method_scores(r, t).get("ptl_predicted") or {}).items():
+                counts[true.index(t)][predicted.index(p)] += int(n)
+    return true, predicted, counts
 
 
 # --- plots -----------------------------------------------------------------------------------------
@@ -265,12 +390,15 @@ def plot_name(kind: str, gkey: tuple, label: str | None = None) -> str:
 
 
 def draw_plots(groups: list[tuple[tuple, list[Row]]], plots_dir: Path) -> list[Path]:
-    """Per group: one accuracy-matrix heatmap per row (its first seed's record), parameters vs task index
-    for all rows on one chart, and Last vs parameters added (one point per row). Returns the PNG paths."""
+    """Per group: one accuracy-matrix heatmap per row (its first seed's record; cells judged by the
+    learnability gate hatched where at or below chance + margin), a task-locator confusion matrix per row
+    that carries one, parameters vs task index for all rows on one chart, and Last vs parameters added (one
+    point per row). Returns the PNG paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -289,17 +417,43 @@ def draw_plots(groups: list[tuple[tuple, list[Row]]], plots_dir: Path) -> list[P
             r = row.first
             A = r["accuracy_matrix"]
             ylabels = r.get("matrix_rows") or (["base"] + [f"after {t}" for t in r["tasks"]])[:len(A)]
-            fig, ax = plt.subplots(figsize=(0.6 * len(r["tasks"]) + 2.5, 0.45 * len(A) + 1.8))
+            chance = record_chance(r).levels
+            fig, ax = plt.subplots(figsize=(0.6 * len(r["tasks"]) + 2.5, 0.45 * len(A) + 2.1))
             im = ax.imshow(A, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-            ax.set_xticks(range(len(r["tasks"])), r["tasks"], rotation=45, ha="right", fontsize=8)
+            xlabels = [t if not chance or t not in chance else f"{t} ({chance[t]:.1f})" for t in r["tasks"]]
+            ax.set_xticks(range(len(r["tasks"])), xlabels, rotation=45, ha="right", fontsize=8)
             ax.set_yticks(range(len(A)), [f"after {y}" if y != "base" else y for y in ylabels], fontsize=8)
             for i, rowv in enumerate(A):
                 for j, v in enumerate(rowv):
                     ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
                             color="white" if v < 50 else "black")
-            ax.set_title(f"{row.label} — accuracy (%), seed {r['seeds']['run']}", fontsize=9)
+            # the judged cells (diagonal; joint training: the last row) at or below chance + margin
+            for i, j in flagged_cells(r, chance):
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="red",
+                                       linewidth=1.5))
+            note = (f"\nhatched red: at or below chance + {LEARNABILITY_MARGIN:g} (chance in brackets)"
+                    if chance else "\nchance level unknown")
+            ax.set_title(f"{row.label} — accuracy (%), seed {r['seeds']['run']}{note}", fontsize=8)
             fig.colorbar(im, ax=ax)
             save(fig, plot_name("heatmap", gkey, row.label))
+
+            if has_ptl(row):
+                true, predicted, counts = ptl_confusion(row)
+                pct = [[100.0 * c / sum(line) if sum(line) else 0.0 for c in line] for line in counts]
+                fig, ax = plt.subplots(figsize=(0.6 * len(predicted) + 2.5, 0.45 * len(true) + 2.0))
+                im = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100, aspect="auto")
+                ax.set_xticks(range(len(predicted)), predicted, rotation=45, ha="right", fontsize=8)
+                ax.set_yticks(range(len(true)), true, fontsize=8)
+                for i, line in enumerate(pct):
+                    for j, v in enumerate(line):
+                        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                                color="white" if v >= 50 else "black")
+                ax.set_xlabel("predicted task", fontsize=8)
+                ax.set_ylabel("true task", fontsize=8)
+                ax.set_title(f"{row.label} — task locator after the last task\n% of each task's test samples, "
+                             f"{len(row.records)} seed(s) summed", fontsize=8)
+                fig.colorbar(im, ax=ax)
+                save(fig, plot_name("confusion", gkey, row.label))
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for row in rows:
@@ -334,7 +488,42 @@ def render_markdown(groups: list[tuple[tuple, list[Row]]], n_records: int) -> st
                   table_frame(rows).to_markdown(index=False, disable_numparse=True), "",
                   f"![parameters per task](plots/{plot_name('params', gkey)}) "
                   f"![Last vs parameters added](plots/{plot_name('last-vs-added', gkey)})", ""]
+        lines += _learnability_section(gkey, rows) + _ptl_section(gkey, rows)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _links(kind: str, gkey: tuple, rows: list[Row]) -> str:
+    return " · ".join(f"[{row.label}](plots/{plot_name(kind, gkey, row.label)})" for row in rows)
+
+
+def _learnability_section(gkey: tuple, rows: list[Row]) -> list[str]:
+    unknown = sorted({info.reason for info in map(row_learnability, rows) if info.reason is not None})
+    lines = ["### Right after training (diagonal) vs chance", "",
+             f"Mean over seeds of `A[t+1][t]`, the accuracy on task t right after training on it; chance = the "
+             f"majority-answer accuracy of the test split (`python -m tasks.chance`; a record's `tasks_chance` "
+             f"where present). `{MARK}`: at or below chance + {LEARNABILITY_MARGIN:g} points, i.e. not learned; "
+             f"*tasks learned* counts the cells above it. Joint training has no diagonal: its row is the accuracy "
+             f"after the stream (Last row). `python -m bench check` fails on any `{MARK}` of a default "
+             f"configuration of a registered method (no changed hyper-parameter, or every record run without "
+             f"`--set`).", ""]
+    lines += [f"Chance level unknown: {reason}." for reason in unknown] + ([""] if unknown else [])
+    lines += [learnability_frame(rows).to_markdown(index=False, disable_numparse=True), "",
+              f"Accuracy matrices (first seed; hatched red: at or below chance + {LEARNABILITY_MARGIN:g}): "
+              + _links("heatmap", gkey, rows), ""]
+    return lines
+
+
+def _ptl_section(gkey: tuple, rows: list[Row]) -> list[str]:
+    frame = ptl_frame(rows)
+    if frame is None:
+        return []
+    ptl_rows = [row for row in rows if has_ptl(row)]
+    return ["### Task locator (PTL) accuracy after the last task", "",
+            "Share of each task's test samples whose task the locator identified, after the last task (mean over "
+            "seeds, %; `mean` = over tasks). Oracle rows are given the task identity.", "",
+            frame.to_markdown(index=False, disable_numparse=True), "",
+            "Confusion matrices (rows: true task, columns: predicted task, % of the row; counts summed over "
+            "seeds): " + _links("confusion", gkey, ptl_rows), ""]
 
 
 def generate(runs_dir: Path = Path("results/runs"), out_dir: Path = Path("results"), *,

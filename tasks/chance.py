@@ -3,13 +3,15 @@
 coin-mini is only informative if a model must look at the image and read the question to score well,
 so every task's majority baseline must stay well below 50% (spec coin.md Part A). This module measures
 it with the tasks' official scorers: ``python -m tasks.chance [--data-seed N] [--mini-train N]
-[--mini-test N] [--cache-dir DIR]`` prints the table.
+[--mini-test N] [--cache-dir DIR]`` prints the table; ``chance_levels(spec, tasks)`` returns it, cached per
+process (the leaderboard's learnability gate reads it for every record of the same data).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from collections import Counter
+from functools import lru_cache
 
 import tasks
 from tasks.base import DataSpec
@@ -21,16 +23,29 @@ def majority_answer(task: tasks.Task, spec: DataSpec) -> str:
     return Counter(answers).most_common(1)[0][0]
 
 
-def majority_baseline(spec: DataSpec, task_names: list[str] | None = None) -> dict[str, float]:
+def majority_baseline(spec: DataSpec, task_names: list[str] | None = None, mode: str = "official") -> dict[str, float]:
     """Accuracy (%) of predicting the majority train answer for every test record, per task, scored with
-    the task's official scorer."""
+    the task's scorer (``mode``: ``official`` or ``clean``)."""
     out = {}
     for name in task_names or tasks.names():
         task = tasks.get(name)
         test = task.load("test", spec)
         constant = majority_answer(task, spec)
-        out[name] = task.score([constant] * len(test), test).accuracy
+        out[name] = task.score([constant] * len(test), test, mode=mode).accuracy
     return out
+
+
+@lru_cache(maxsize=None)
+def _chance_of(spec: DataSpec, name: str, mode: str) -> float:
+    return majority_baseline(spec, [name], mode)[name]
+
+
+def chance_levels(spec: DataSpec, task_names: list[str] | tuple[str, ...] | None = None,
+                  mode: str = "official") -> dict[str, float]:
+    """``{task: chance %}`` (majority-answer accuracy, as :func:`majority_baseline`) for ``spec``. Cached per
+    process by (spec, task, mode), so many records of the same data load its splits once; coin-mini splits
+    are themselves cached on disk, so only a machine's first call renders anything."""
+    return {name: _chance_of(spec, name, mode) for name in (task_names or tasks.names())}
 
 
 def main(argv: list[str] | None = None) -> int:

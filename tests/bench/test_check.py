@@ -1,6 +1,7 @@
-"""bench.check: the comparison rules on hand-made baselines, the leaderboard freshness check, and one
-real method checked in-process on a tiny config — a fresh baseline passes on a rerun, while a perturbed
-baseline and a deliberately broken method both fail."""
+"""bench.check: the comparison rules on hand-made baselines, the leaderboard freshness check, the
+learnability gate on hand-made records (its row in the table and the exit code), and one real method
+checked in-process on a tiny config — a fresh baseline passes on a rerun, while a perturbed baseline and a
+deliberately broken method both fail."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import main
-from bench.check import TOLERANCE, check_leaderboard, compare, format_table, run_check
+from bench.check import (TOLERANCE, MethodResult, check_leaderboard, check_learnability, compare, format_table,
+                         run_check)
 from bench.config import Stage0Spec
 
 BASE = {
@@ -71,6 +73,55 @@ def test_leaderboard_must_match_the_records(tmp_path):
     generate(runs, tmp_path / "results", plots=False)
     (tmp_path / "results" / "leaderboard.csv").unlink()
     assert check_leaderboard(runs, tmp_path / "results").status == "FAIL"
+
+
+def _learnability_runs(tmp_path, *, learned: bool) -> Path:
+    from test_leaderboard import _record, _write
+
+    # chance 25 / 10 / 5: the textvqa diagonal cell (15.0) is at chance + 5 unless learned
+    textvqa = 20.0 if learned else 15.0
+    A = [[0, 0, 0], [40.0, 0, 0], [30, textvqa, 0], [30, 10, 15.0]]
+    runs = _write(tmp_path / "results" / "runs", _record("seq-ft", 0, A), _record("seq-ft", 1, A),
+                  _record("cmoe", 0, [[0, 0, 0], [0.0, 0, 0], [0, 0.0, 0], [0, 0, 0.0]], hparams={"probing": False}))
+    from bench.leaderboard import generate
+
+    generate(runs, tmp_path / "results", plots=False)
+    return runs
+
+
+def test_learnability_row(tmp_path):
+    runs = _learnability_runs(tmp_path, learned=False)
+    results = [check_leaderboard(runs, tmp_path / "results"), check_learnability(runs)]
+    assert [(r.method, r.status) for r in results] == [("leaderboard", "PASS"), ("learnability", "FAIL")]
+    table = format_table(results)
+    assert "learnability  FAIL" in table and "seq-ft: 1 of 3 task(s) at or below chance + 5" in table
+    assert "textvqa 15.0 (chance 10.0)" in table and "cmoe [probing=False]" not in table  # an ablation is exempt
+    assert check_learnability(runs, ["cmoe"]).status == "PASS"  # only the checked methods are gated
+
+    learned = _learnability_runs(tmp_path / "ok", learned=True)
+    res = check_learnability(learned, ["seq-ft"])
+    assert res.status == "PASS" and res.detail.startswith("1 default configuration(s) above chance + 5")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert check_learnability(empty).status == "PASS"
+
+
+def test_learnability_failure_fails_the_command(tmp_path, monkeypatch, capsys):
+    import bench.check
+
+    runs = _learnability_runs(tmp_path, learned=False)
+    monkeypatch.setattr(bench.check, "check_method",
+                        lambda method, *a, **k: MethodResult(method, "PASS", detail="stub"))
+    argv = ["check", "--methods", "seq-ft", "--runs", str(runs), "--results", str(tmp_path / "results"),
+            "--baselines", str(tmp_path / "baselines")]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "seq-ft        PASS" in out and "leaderboard   PASS" in out  # the table: methods, leaderboard, gate
+    assert "learnability  FAIL" in out and "A learnability failure is no regression" in out
+    runs = _learnability_runs(tmp_path / "ok", learned=True)
+    argv[4], argv[6] = str(runs), str(tmp_path / "ok" / "results")
+    assert main(argv) == 0
+    assert "learnability  PASS" in capsys.readouterr().out
 
 
 def test_unknown_method_is_a_user_error(capsys):
