@@ -1,8 +1,12 @@
 """Leaderboard: ``results/runs/*.json`` → ``results/LEADERBOARD.md``, ``results/leaderboard.csv`` and
 small PNGs under ``results/plots/`` (design.md "Layout").
 
-Records are only comparable when they share a task suite, a data source, a backbone (config hash)
-and a budget (steps per task, batch size, lr), so there is one table per such group. Within a group a
+Records are only comparable when they share a task suite, a data source, a backbone (config hash),
+a budget (steps per task, batch size, lr), a task order (``tasks``; whether it was shuffled,
+``seeds.task_order`` not None) and a data seed (``seeds.data``), so there is one table per such group. The
+heading names the order always and the data seed when it is not 0; the default groups (suite order, data
+seed 0) come first, in the order they always had, and their plot names carry no order or seed, so adding a
+shuffled or re-seeded run renames nothing. Within a group a
 row is one *configuration*: a method with one set of hyper-parameters and one oracle flag; its seeds
 are aggregated as ``mean ± std`` (sample std, ddof=1; 0.00 for a single seed) with ``n`` the number of
 records. Rows whose hyper-parameters differ from the method's defaults are ablations and name the
@@ -27,6 +31,11 @@ Per group, after the main table (see :mod:`bench.learnability`):
 * **Task locator (PTL) accuracy after the last task**, for records whose last-row scores carry the method's
   ``ptl_accuracy`` / ``ptl_predicted`` (LLaVA-CMoE): per task the mean over seeds, and a confusion-matrix
   plot per configuration (``ptl_predicted`` counts summed over seeds, row-normalised).
+* **Growth per task**, for configurations whose method reports (``method_reports``, one per task) carry
+  ``added_parameters_if_every_layer_expanded`` (LLaVA-CMoE): per task after the first the mean over seeds
+  of the layers expanded (``len(expanded_layers)``, of ``len(experts_per_layer)`` MoE layers), the
+  parameters added and those expanding every MoE layer would have added, and the saving
+  ``1 − added / if every layer`` (of the means); a last row sums the tasks after the first.
 
 Everything is a pure function of the records (no timestamps, fixed ordering), so regenerating from
 the same records writes byte-identical Markdown and CSV.
@@ -34,6 +43,7 @@ the same records writes byte-identical Markdown and CSV.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -99,21 +109,49 @@ def _check_fields(r: dict[str, Any]) -> None:
 
 # --- grouping --------------------------------------------------------------------------------------
 
+def data_seed(r: dict[str, Any]) -> int:
+    seeds = r.get("seeds") or {}
+    return int(seeds.get("data", r["data"].get("data_seed", 0)) or 0)
+
+
 def group_key(r: dict[str, Any]) -> tuple:
+    """(suite, data source, backbone config hash, steps/task, batch size, lr, task order, data seed,
+    shuffled). *shuffled* (``seeds.task_order`` not None) keeps a shuffle that happens to give the suite's
+    own order apart from it; two shuffle seeds giving the same order share a group."""
     b = r["budget"]
+    shuffled = (r.get("seeds") or {}).get("task_order") is not None
     return (r["suite"], r["data"]["source"], r["backbone"]["config_hash"], b["steps_per_task"], b["batch_size"],
-            b["lr"])
+            b["lr"], tuple(r["tasks"]), data_seed(r), shuffled)
+
+
+def is_default_group(key: tuple) -> bool:
+    """The suite's own task order and data seed 0."""
+    *_budget, _order, dseed, shuffled = key
+    return dseed == 0 and not shuffled
+
+
+def order_hash(order: tuple) -> str:
+    return hashlib.sha1(",".join(order).encode()).hexdigest()[:6]
 
 
 def describe_group(key: tuple) -> str:
-    suite, source, chash, steps, bs, lr = key
-    return (f"suite `{suite}` · data `{source}` · backbone `{chash}` · budget: {steps} steps/task, "
-            f"batch size {bs}, lr {lr:g}")
+    suite, source, chash, steps, bs, lr, order, dseed, shuffled = key
+    text = (f"suite `{suite}` · data `{source}` · backbone `{chash}` · budget: {steps} steps/task, "
+            f"batch size {bs}, lr {lr:g} · order{' (shuffled)' if shuffled else ''}: {' → '.join(order)}")
+    return text + (f" · data seed {dseed}" if dseed != 0 else "")
 
 
 def group_slug(key: tuple) -> str:
-    suite, source, chash, steps, bs, lr = key
-    return _slug(f"{suite}-{source}-{chash}-{steps}x{bs}-lr{lr:g}")
+    """Short and stable: a default group's slug names only suite, data, backbone and budget; a shuffled
+    order adds ``o`` + 6 hex of the order's sha1, another data seed ``d<seed>``."""
+    suite, source, chash, steps, bs, lr, order, dseed, shuffled = key
+    extra = (f"-o{order_hash(order)}" if shuffled else "") + (f"-d{dseed}" if dseed != 0 else "")
+    return _slug(f"{suite}-{source}-{chash}-{steps}x{bs}-lr{lr:g}{extra}")
+
+
+def _group_sort_key(key: tuple) -> tuple:
+    *base, order, dseed, shuffled = key
+    return (not is_default_group(key), tuple(str(x) for x in base), dseed, shuffled, order)
 
 
 def _slug(text: str) -> str:
@@ -209,7 +247,8 @@ class Row:
 
 
 def build_groups(records: list[dict[str, Any]]) -> list[tuple[tuple, list[Row]]]:
-    """[(group key, rows sorted by Last desc then label)], groups in sorted key order."""
+    """[(group key, rows sorted by Last desc then label)]: the default groups (suite order, data seed 0)
+    first, each set in sorted key order."""
     defaults_cache: dict[str, dict[str, Any] | None] = {}
     groups: dict[tuple, dict[tuple, list[dict[str, Any]]]] = {}
     for r in records:
@@ -221,7 +260,7 @@ def build_groups(records: list[dict[str, Any]]) -> list[tuple[tuple, list[Row]]]
         rkey = (method, json.dumps(_jsonable(r["hparams"]), sort_keys=True), oracle)
         groups.setdefault(group_key(r), {}).setdefault(rkey, []).append(r)
     out = []
-    for gkey in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
+    for gkey in sorted(groups, key=_group_sort_key):
         rows = []
         for (method, _hp, oracle), recs in groups[gkey].items():
             recs = sorted(recs, key=lambda r: (r["seeds"]["run"], r["run_id"]))
@@ -260,10 +299,11 @@ def csv_frame(groups: list[tuple[tuple, list[Row]]]):
 
     data = []
     for gkey, rows in groups:
-        suite, source, chash, steps, bs, lr = gkey
+        suite, source, chash, steps, bs, lr, order, dseed, shuffled = gkey
         for row in rows:
             d: dict[str, Any] = {"suite": suite, "data_source": source, "backbone_config_hash": chash,
-                                 "steps_per_task": steps, "batch_size": bs, "lr": lr, "method": row.method,
+                                 "steps_per_task": steps, "batch_size": bs, "lr": lr, "task_order": " ".join(order),
+                                 "task_order_shuffled": shuffled, "data_seed": dseed, "method": row.method,
                                  "label": row.label, "kind": row.kind, "oracle_task_id": row.oracle,
                                  "n": len(row.records)}
             for key, _name in METRICS:
@@ -383,6 +423,101 @@ def ptl_confusion(row: Row) -> tuple[list[str], list[str], list[list[int]]]:
     return true, predicted, counts
 
 
+# --- growth per task -------------------------------------------------------------------------------
+
+GROWTH_KEY = "added_parameters_if_every_layer_expanded"
+
+
+def _task_reports(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{task: its method report}: matched by the report's ``after`` (or ``task``), else by position."""
+    reports = r.get("method_reports")
+    if not isinstance(reports, list):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for i, rep in enumerate(reports):
+        if not isinstance(rep, dict):
+            continue
+        name = rep.get("after", rep.get("task"))
+        if name is None and i < len(r["tasks"]):
+            name = r["tasks"][i]
+        if name is not None:
+            out[str(name)] = rep
+    return out
+
+
+def has_growth(row: Row) -> bool:
+    """Whether every record of ``row`` reports what expanding every layer would have added, for a task after
+    the first."""
+    return all(any(GROWTH_KEY in _task_reports(r).get(t, {}) for t in r["tasks"][1:]) for r in row.records)
+
+
+@dataclasses.dataclass(frozen=True)
+class Growth:
+    """Means over seeds for one task (or, for the total, of the per-seed sums over the tasks after the first)."""
+
+    expanded: float
+    moe_layers: float | None
+    added: float
+    if_every_layer: float
+
+    @property
+    def saving(self) -> float | None:
+        """1 − added / if every layer, in %; None when expanding every layer would add nothing."""
+        return None if self.if_every_layer <= 0 else 100.0 * (1.0 - self.added / self.if_every_layer)
+
+
+def growth_per_task(row: Row) -> tuple[dict[str, Growth], Growth | None] | None:
+    """({task after the first: Growth}, the total over those tasks or None), or None for a row whose method
+    reports no growth. A task enters only when every record of the row reports it."""
+    if not has_growth(row):
+        return None
+    tasks = list(dict.fromkeys(t for r in row.records for t in r["tasks"][1:]))
+    reports = [_task_reports(r) for r in row.records]
+    per_task: dict[str, Growth] = {}
+    for t in tasks:
+        reps = [rep.get(t) for rep in reports]
+        if not all(rep is not None and GROWTH_KEY in rep for rep in reps):
+            continue
+        layers = [len(rep["experts_per_layer"]) for rep in reps if isinstance(rep.get("experts_per_layer"), dict)]
+        per_task[t] = Growth(
+            expanded=_mean([len(rep.get("expanded_layers") or []) for rep in reps]),
+            moe_layers=_mean(layers) if len(layers) == len(reps) else None,
+            added=_mean([float(rep["added_parameters"]) for rep in reps]),
+            if_every_layer=_mean([float(rep[GROWTH_KEY]) for rep in reps]))
+    if not per_task:
+        return per_task, None
+    total = Growth(expanded=sum(g.expanded for g in per_task.values()), moe_layers=None,
+                   added=sum(g.added for g in per_task.values()),
+                   if_every_layer=sum(g.if_every_layer for g in per_task.values()))
+    return per_task, total
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def growth_frame(rows: list[Row]):
+    import pandas as pd
+
+    names = group_tasks(rows)
+    data = []
+    for row in rows:
+        res = growth_per_task(row)
+        if res is None:
+            continue
+        per_task, total = res
+        entries = [(t, per_task[t]) for t in names if t in per_task]
+        if total is not None:
+            entries.append((f"all {len(per_task)} after the first", total))
+        for name, g in entries:
+            layers = "" if g.moe_layers is None else f" of {g.moe_layers:g}"
+            data.append({"Method": row.label, "n": len(row.records), "Task": name,
+                         "Layers expanded": f"{g.expanded:.2f}{layers}", "Params added": f"{round(g.added):,}",
+                         "If every layer": f"{round(g.if_every_layer):,}",
+                         "Saving %": DASH if g.saving is None else f"{g.saving:.1f}"})
+    return pd.DataFrame(data) if data else None
+
+
 # --- plots -----------------------------------------------------------------------------------------
 
 def plot_name(kind: str, gkey: tuple, label: str | None = None) -> str:
@@ -488,7 +623,7 @@ def render_markdown(groups: list[tuple[tuple, list[Row]]], n_records: int) -> st
                   table_frame(rows).to_markdown(index=False, disable_numparse=True), "",
                   f"![parameters per task](plots/{plot_name('params', gkey)}) "
                   f"![Last vs parameters added](plots/{plot_name('last-vs-added', gkey)})", ""]
-        lines += _learnability_section(gkey, rows) + _ptl_section(gkey, rows)
+        lines += _learnability_section(gkey, rows) + _ptl_section(gkey, rows) + _growth_section(rows)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -524,6 +659,18 @@ def _ptl_section(gkey: tuple, rows: list[Row]) -> list[str]:
             frame.to_markdown(index=False, disable_numparse=True), "",
             "Confusion matrices (rows: true task, columns: predicted task, % of the row; counts summed over "
             "seeds): " + _links("confusion", gkey, ptl_rows), ""]
+
+
+def _growth_section(rows: list[Row]) -> list[str]:
+    frame = growth_frame(rows)
+    if frame is None:
+        return []
+    return ["### Growth per task", "",
+            "Per task after the first, mean over seeds of the method's report for that task: MoE layers it "
+            "expanded (of the MoE layers there are), parameters it added, and what expanding every MoE layer "
+            "would have added; *Saving %* = 1 − added / if every layer. The last row of each method sums the "
+            "tasks after the first.", "",
+            frame.to_markdown(index=False, disable_numparse=True), ""]
 
 
 def generate(runs_dir: Path = Path("results/runs"), out_dir: Path = Path("results"), *,

@@ -1,6 +1,7 @@
 """bench.leaderboard on hand-made run records (no training): rows, mean ± std, ordering, oracle and
 ablation marks, trained parameters per task, the diagonal-vs-chance table, the task-locator table and its
-confusion plots, byte-identical regeneration, the CSV columns, malformed records and the plots."""
+confusion plots, groups split by task order and data seed (default first, its slug unchanged), the growth-per-
+task table, byte-identical regeneration, the CSV columns, malformed records and the plots."""
 from __future__ import annotations
 
 import copy
@@ -108,7 +109,8 @@ def test_csv_regeneration_and_plots(runs: Path, tmp_path: Path) -> None:
     res = generate(runs, out)
     assert {p: (out / p).read_bytes() for p in first} == first
     df = pd.read_csv(out / "leaderboard.csv")
-    for c in ("suite", "data_source", "backbone_config_hash", "steps_per_task", "batch_size", "lr", "method",
+    for c in ("suite", "data_source", "backbone_config_hash", "steps_per_task", "batch_size", "lr", "task_order",
+              "task_order_shuffled", "data_seed", "method",
               "label", "kind", "n", "last_mean", "last_std", "mft_mean", "bwt_mean", "forgetting_mean", "fwt_mean",
               "params_total", "params_added", "trained_per_task", "activated_per_token", "wall_time_s",
               "tasks_learned", "tasks_judged", "ptl_accuracy_mean"):
@@ -280,3 +282,73 @@ def test_chance_row_shows_a_range_when_the_data_differ(tmp_path: Path) -> None:
     _header, chance, *rows = _section((tmp_path / "out" / "LEADERBOARD.md").read_text(), DIAGONAL)
     assert chance[1:4] == ["25.0–30.0", "10.0", "5.0"]
     assert {r[0]: r[1] for r in rows} == {"seq-ft": "50.0", "moelora": "35.0 ✗"}  # each against its own chance
+
+
+def test_task_order_and_data_seed_split_groups_default_first(tmp_path: Path) -> None:
+    from bench.leaderboard import group_slug
+
+    default = _record("seq-ft", 0, _A([10, 20, 30]))
+    shuffled = _record("seq-ft", 1, _A([40, 50, 60]))
+    shuffled["run_id"] += "-shuffled"
+    shuffled["tasks"] = ["imagenet", "scienceqa", "textvqa"]  # --task-order-seed 7: another permutation
+    shuffled["seeds"]["task_order"] = 7
+    reseeded = _record("seq-ft", 2, _A([20, 30, 40]))
+    reseeded["run_id"] += "-data1"
+    reseeded["seeds"]["data"] = reseeded["data"]["data_seed"] = 1
+    runs = _write(tmp_path / "runs", shuffled, reseeded, default)  # file order: the default one is not first
+    res = generate(runs, tmp_path / "out")
+    keys = [k for k, _rows in res["groups"]]
+    assert len(keys) == 3 and all(len(rows) == 1 and len(rows[0].records) == 1 for _k, rows in res["groups"])
+    assert [rows[0].records[0]["run_id"] for _k, rows in res["groups"]][0] == default["run_id"]  # default first
+    assert {tuple(k[6]) for k in keys} == {tuple(TASKS), ("imagenet", "scienceqa", "textvqa")}
+    # the default group's slug (plot names) is what it was before order and seed joined the key
+    assert group_slug(keys[0]) == "mini3-coin-mini-abc123-5x2-lr0.001"
+    slugs = [group_slug(k) for k in keys]
+    assert len(set(slugs)) == 3 and all(s.startswith(slugs[0] + "-") for s in slugs[1:])
+    assert all(len(s) <= len(slugs[0]) + 12 for s in slugs)
+    md = (tmp_path / "out" / "LEADERBOARD.md").read_text()
+    headings = [ln for ln in md.splitlines() if ln.startswith("## Group")]
+    assert headings[0].endswith("· order: scienceqa → textvqa → imagenet") and "data seed" not in headings[0]
+    assert any("order (shuffled): imagenet → scienceqa → textvqa" in h for h in headings[1:])
+    assert any(h.endswith("· data seed 1") for h in headings[1:])
+    pngs = {p.name for p in res["plots"]}
+    assert "params-mini3-coin-mini-abc123-5x2-lr0.001.png" in pngs and len(pngs) == 3 * 3
+    # regenerating from the same records in another file order writes the same bytes
+    md_bytes = (tmp_path / "out" / "LEADERBOARD.md").read_bytes()
+    generate(_write(tmp_path / "runs2", default, reseeded, shuffled), tmp_path / "out2", plots=False)
+    assert (tmp_path / "out2" / "LEADERBOARD.md").read_bytes() == md_bytes
+
+
+def _growth_reports(expanded: list[list[int]], added: list[int], every: list[int]) -> list[dict]:
+    return [{"after": t, "expanded_layers": e, "added_parameters": a,
+             "added_parameters_if_every_layer_expanded": v, "experts_per_layer": {"0": 2 + k, "2": 2 + k}}
+            for k, (t, e, a, v) in enumerate(zip(TASKS, expanded, added, every))]
+
+
+def test_growth_per_task_table(tmp_path: Path) -> None:
+    from bench.leaderboard import growth_per_task
+
+    s0 = _record("cmoe", 0, _A([40, 50, 60]))
+    s0["method_reports"] = _growth_reports([[0, 2], [2], [0, 2]], [1000, 100, 300], [1000, 200, 300])
+    s1 = _record("cmoe", 1, _A([40, 50, 60]))
+    s1["method_reports"] = _growth_reports([[0, 2], [], [0]], [1000, 0, 200], [1000, 200, 400])
+    seq = _record("seq-ft", 0, _A([10, 20, 30]))
+    seq["method_reports"] = [{"after": t} for t in TASKS]
+    out = tmp_path / "out"
+    generate(_write(tmp_path / "runs", s0, s1, seq), out, plots=False)
+    md = (out / "LEADERBOARD.md").read_text()
+    assert md.index("### Growth per task") > md.index(DIAGONAL)  # after the other per-group tables
+    header, *rows = _section(md, "### Growth per task")
+    assert header == ["Method", "n", "Task", "Layers expanded", "Params added", "If every layer", "Saving %"]
+    assert rows == [
+        # textvqa: expanded 1 and 0 layers; added 100 and 0 -> 50; if every layer 200 -> saving 75 %
+        ["cmoe", "2", "textvqa", "0.50 of 2", "50", "200", "75.0"],
+        # imagenet: 2 and 1 layers; added 300 and 200 -> 250; if every layer 300 and 400 -> 350: 1 - 250/350
+        ["cmoe", "2", "imagenet", "1.50 of 2", "250", "350", "28.6"],
+        ["cmoe", "2", "all 2 after the first", "2.00", "300", "550", "45.5"],  # 1 - 300/550; first task left out
+    ]  # seq-ft reports no growth
+    ((_k, table_rows),) = build_groups([s0, s1, seq])
+    assert growth_per_task(next(r for r in table_rows if r.method == "seq-ft")) is None
+    per_task, total = growth_per_task(next(r for r in table_rows if r.method == "cmoe"))
+    assert list(per_task) == ["textvqa", "imagenet"] and per_task["textvqa"].saving == 75.0
+    assert (total.expanded, total.added, total.if_every_layer) == (2.0, 300.0, 550.0)
