@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,list,leaderboard,sweep,check,score,export}``.
+"""Command line: ``python -m bench {run,list,leaderboard,sweep,check,base,score,export,lmeval,perf}``.
 
 Every user error (unknown name, bad value, malformed data, unwritable folder) is printed as one
 paragraph on stderr with exit code 2; nothing is written in that case.
@@ -45,8 +45,10 @@ def _resume(args: argparse.Namespace) -> int:
     renamed = {"set": "method_set"}
     given = {renamed.get(k, k): (_parse_set(v) if k == "set" else v) for k, v in vars(args).items()
              if k not in ("func", "resume", "command") and v != defaults.get(k)}
-    path = run(resume_config(args.resume, given), resume=args.resume)
+    cfg = resume_config(args.resume, given)
+    path = run(cfg, resume=args.resume)
     print(f"record: {path}")
+    print(plots_hint(cfg.out))
     return 0
 
 
@@ -63,7 +65,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                        **overrides_from_args(args))
     path = run(cfg)
     print(f"record: {path}")
+    print(plots_hint(cfg.out))
     return 0
+
+
+def plots_hint(out: str) -> str:
+    """Where the plots come from: a run writes none; the leaderboard renders them from every record."""
+    from pathlib import Path
+
+    if Path(out) == Path("results"):
+        return "plots: python -m bench leaderboard writes results/LEADERBOARD.md and results/plots/ from every record"
+    return (f"plots: python -m bench leaderboard --runs {Path(out) / 'runs'} --out {out} writes "
+            f"{Path(out) / 'LEADERBOARD.md'} and {Path(out) / 'plots'}/ from every record there")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -133,10 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     lb.set_defaults(func=cmd_leaderboard)
 
-    from bench import check, sweep
+    from bench import base_cmd, check, sweep
 
     sweep.add_parser(sub)
     check.add_parser(sub)
+    base_cmd.add_parser(sub)
 
     sc = sub.add_parser("score", help="score a CoIN prediction JSONL as the official scripts do", add_help=False)
     sc.set_defaults(func=lambda a: __import__("tasks.score_cli", fromlist=["main"]).main(a.rest))

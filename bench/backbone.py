@@ -128,19 +128,6 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int):
                                    padding_side="left")
 
 
-def load_or_train_tokenizer(spec: BackboneSpec, corpus_fn, corpus_key: dict, cache_dir: Path):
-    from transformers import PreTrainedTokenizerFast
-
-    path = cache_dir / "tokenizers" / stable_hash({"vocab": spec.vocab_size, **corpus_key})
-    if (path / "tokenizer.json").exists():
-        return PreTrainedTokenizerFast.from_pretrained(str(path)), path
-    tok = train_tokenizer(corpus_fn(), spec.vocab_size)
-    tmp = path.with_name(path.name + ".tmp")
-    tok.save_pretrained(str(tmp))
-    tmp.replace(path) if not path.exists() else None
-    return PreTrainedTokenizerFast.from_pretrained(str(path)), path
-
-
 # How the tiny vision tower's position embeddings start (part of the tiny backbone's identity).
 POSITION_INIT = "sincos-2d"
 

@@ -256,8 +256,11 @@ def check_base(ckpt: TaskCheckpoint, base: dict[str, Any]) -> None:
 
 
 def base_identity(backbone, stage0: dict[str, Any]) -> dict[str, Any]:
-    """What a checkpoint records about the (referenced, not copied) stage-0 base model."""
-    return {"config_hash": backbone.config_hash, "stage0_key": stage0.get("key"), "source": stage0.get("source", "stage0")}
+    """What a checkpoint records about the (referenced, not copied) stage-0 base model: its key and the
+    sha256 of its weights file, whether it came from the cache, the package or training (weights
+    trained on another machine under the same key are another base)."""
+    return {"config_hash": backbone.config_hash, "stage0_key": stage0.get("key"), "stage0_sha256": stage0.get("sha256"),
+            "source": "checkpoint" if stage0.get("source") == "checkpoint" else "stage0"}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -147,6 +147,22 @@ def attach_method(cfg: RunConfig, backbone, model, task_list: list, accelerator,
     return method, projector
 
 
+def plan_line(cfg: RunConfig, method, task_list: list, plan, processes: int, run_id: str,
+              resumed_after: int | None = None) -> str:
+    """The one line a run prints before any work: method, tasks, budget, seed and where the base
+    model comes from (shipped / cached / training and why)."""
+    names = [t.name for t in task_list]
+    budget = f"{cfg.steps_per_task} steps x batch {cfg.batch_size}"
+    if cfg.grad_accum > 1:
+        budget += f" x accum {cfg.grad_accum}"
+    if processes > 1:
+        budget += f" x {processes} processes"
+    unit = f"per task ({len(names)} tasks in one joint stage)" if method.joint_training else "per task"
+    resume = "" if resumed_after is None else f", resuming after task {resumed_after}"
+    return (f"run {run_id}: {method.name} on {cfg.tasks} ({', '.join(names)}), {budget} {unit}, seed {cfg.seed}, "
+            f"preset {cfg.preset}{resume}; base: {plan.describe(cfg)}")
+
+
 def _resume_point(run_dir: Path, out_dir: Path) -> checkpoint.TaskCheckpoint:
     """The last finished task's checkpoint of an interrupted run (issue 9 item 1)."""
     record = out_dir / "runs" / f"{run_dir.name}.json"
@@ -187,6 +203,12 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
         run_id = broadcast_object_list([run_id])[0]
         run_dir = checkpoint.run_dir_for(out_dir, run_id)
     set_seed(cfg.seed)
+    from bench.base_model import load_base, plan_base
+
+    plan = plan_base(cfg, task_list)  # decides only: nothing is trained or rendered here
+    if accelerator.is_main_process:
+        print(plan_line(cfg, method, task_list, plan, accelerator.num_processes, run_id,
+                        None if resumed is None else resumed.index), flush=True)
 
     # Read (and validate) every split before stage 0, so malformed data or a missing image fails in
     # seconds, before any training; images stay lazy until a batch needs them.
@@ -196,9 +218,7 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
     timer.add("data", t0)
 
     t0 = time.perf_counter()
-    from bench.base_model import load_base
-
-    backbone, stage0 = load_base(cfg, task_list, accelerator)
+    backbone, stage0 = load_base(cfg, task_list, accelerator, plan)
     timer.add("stage0", t0)
     model = backbone.model.to(accelerator.device)
 

@@ -5,8 +5,8 @@ over ``bench.data.eval_loader``) vs ``model.generate`` one sample at a time, on 
 
 Both decode greedily up to ``--max-new-tokens`` (the run default, 24) and stop a sample at its eos;
 the generated token ids must be identical record by record (the command exits 1 otherwise). The model
-is the tiny preset (stage-0 weights when cached, otherwise random init, said in the header) with the
-method attached as at the start of a run. Per round both sides decode every record once, the two
+is the tiny preset (stage-0 weights when cached or shipped, otherwise random init, said in the header)
+with the method attached as at the start of a run. Per round both sides decode every record once, the two
 alternate round by round and the medians are compared. Target: harness >= 5x faster on CPU.
 
 ``--rows R`` (R >= 2) also times what a run does: R evaluation rows over the same records, the
