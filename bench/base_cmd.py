@@ -29,7 +29,8 @@ from bench import base_model as bm
 def add_parser(sub) -> None:
     p = sub.add_parser("base", help="the shipped stage-0 base (bench/base/): rebuild it or show its manifest")
     s = p.add_subparsers(dest="base_command", required=True)
-    b = s.add_parser("build", help="train tokenizer + stage 0 of the tiny preset from scratch and compare with the shipped base")
+    b = s.add_parser("build", help="train tokenizer + stage 0 of the tiny preset from scratch and compare "
+                                   "with the shipped base")
     b.add_argument("--out", help="where the built base folder goes (default: inside the build cache)")
     b.add_argument("--cache", help="build in this cache folder instead of a fresh temporary one (what it already "
                                    "holds for the key is reused, not retrained)")
@@ -170,8 +171,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     cfg = _default_cfg(cache)
     task_list = protocol.ordered_tasks(cfg)
     plan = bm.plan_base(cfg, task_list, use_shipped=False)
-    print(f"base build: tiny preset in cache {cache}; {plan.describe(cfg) if plan.source == 'train' else 'reusing the cached ' + plan.key}",
-          flush=True)
+    doing = plan.describe(cfg) if plan.source == "train" else f"reusing the cached {plan.key}"
+    print(f"base build: tiny preset in cache {cache}; {doing}", flush=True)
     accelerator = protocol.make_accelerator(cfg)
     set_seed(cfg.seed)  # as in a run (stage 0 itself seeds its init and its data order)
     bm.load_base(cfg, task_list, accelerator, plan)

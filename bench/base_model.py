@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from bench.backbone import (POSITION_INIT, Backbone, build_tiny, describe, load_local, tiny_configs, tiny_image_processor,
-                            train_tokenizer)
+from bench.backbone import (POSITION_INIT, Backbone, build_tiny, describe, load_local, tiny_configs,
+                            tiny_image_processor, train_tokenizer)
 from bench.config import ConfigError, RunConfig, stable_hash
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,8 @@ def why_not_shipped(manifest: dict[str, Any] | None, tok_inputs: dict[str, Any],
         if (cat, item) not in seen:
             seen.add((cat, item))
             groups.setdefault(cat, []).append(item)
-    parts = [f"{cat} differs ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})" for cat, items in groups.items()]
+    parts = [f"{cat} differs ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})"
+             for cat, items in groups.items()]
     return f"the shipped base (key {manifest['key']}) is for another configuration: " + "; ".join(parts)
 
 
