@@ -25,7 +25,8 @@ from bench import checkpoint, records
 from bench.config import RunConfig
 from bench.data import ConcatEncoded, EncodedSplit, encode_split, eval_loader, train_loader
 from bench.metrics import summarize
-from bench.trainer import generate, method_hooks, train_steps
+from bench.phases import train_task
+from bench.trainer import generate, method_hooks
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,7 @@ def attach_method(cfg: RunConfig, backbone, model, task_list: list, accelerator,
 
     method = method if method is not None else methods.build(cfg.method, cfg.method_set)
     ctx = MethodContext(num_tasks=len(task_list), steps_per_task=cfg.steps_per_task, device=accelerator.device,
-                        image_token_id=backbone.image_token_id, run_seed=cfg.seed,
-                        extra={"accelerator": accelerator, "lr": cfg.lr})
+                        image_token_id=backbone.image_token_id, run_seed=cfg.seed)
     method.attach(model, ctx)
     # CoIN's LoRA recipe may also train the projector (--train-projector); frozen by default (spec).
     projector = list(model.model.multi_modal_projector.parameters()) if cfg.train_projector else []
@@ -276,26 +276,22 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
         t = time.perf_counter()
         method.begin_task(index, stage_task, loader)
         timer.add("method", t)
-        counts = method.parameter_counts()
-        evolved = sum(p.numel() for p in method.evolving_parameters())
         hooks.before_train(index, method, model)
-        method.note_trained([*method.trainable_parameters(), *method.evolving_parameters(), *projector])
-        stats = train_steps(model, [*method.trainable_parameters(), *projector], loader, steps,
-                            accelerator=accelerator, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-                            aux_loss=method.auxiliary_loss, before_forward=method.before_forward,
-                            after_step=method.after_optimizer_step, desc=f"{method.name} {stage_name}",
-                            compile=cfg.compile)
-        timer.seconds["training"] = timer.seconds.get("training", 0.0) + stats.seconds
+        done = train_task(model, method, index, stage_task, loader, steps, accelerator=accelerator, lr=cfg.lr,
+                          warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, extra_parameters=projector,
+                          desc=f"{method.name} {stage_name}", compile=cfg.compile)
+        timer.seconds["training"] = timer.seconds.get("training", 0.0) + done.training_seconds
+        timer.seconds["method"] = timer.seconds.get("method", 0.0) + done.method_seconds
         hooks.after_train(index, method, model)
+        counts = method.parameter_counts()
         t = time.perf_counter()
         method.end_task(index, stage_task, loader)
         timer.add("method", t)
-        counts["trained"] = stats.trained_parameters + evolved
-        counts["evolved"] = evolved
+        counts["trained"] = done.trained_parameters + done.evolved_parameters
+        counts["evolved"] = done.evolved_parameters
         parameters.append({"after": stage_name, **counts})
         reports.append({"after": stage_name, **method.task_report()})
-        train_log.append({"after": stage_name, "steps": stats.steps, "seconds": round(stats.seconds, 3),
-                          "loss_curve": stats.loss_curve})
+        train_log.append({"after": stage_name, **done.log_entry()})
         rng_before_eval = checkpoint.rng_state()
         rows.append(evaluate_row())
         if accelerator.is_main_process:
