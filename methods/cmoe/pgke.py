@@ -7,8 +7,8 @@ Part B §1 steps 3-5): which MoE layers get a new expert for task t, and how it 
     threshold   A: theta   = mean_l f_{l,probe} - alpha * std_l f_{l,probe}          (across layers)
                 B: theta_l = mean_e f_{l,e}     - alpha * std_e f_{l,e}   (the layer's experts + probe)
     expand l    iff f_{l,probe} > theta(_l)          (strict, as the paper's Eq. 2; 1e-9 tolerance)
-    new experts N_s copies of argmax_{e old} f_{l,e};  R_l^t = [R_l^{t-1}; row(source)], the source
-                masked in R_l^t ("replace") or kept with noise on the new row ("split")
+    new experts copies of the N_s most-used old experts (by f_{l,e});  R_l^t = [R_l^{t-1}; row(source)
+                per copy], each source masked in R_l^t ("replace") or kept, noise on the new row ("split")
 
 Statistics are population statistics (std with ddof 0) [INFERRED]. Tokens are the real tokens of the
 probe subset (attention mask), prompt and answer, image tokens included [INFERRED].
@@ -81,27 +81,27 @@ def detach_probe(layer: MoEFFN) -> None:
     layer.experts.pop(1)
 
 
-def expand_layer(layer: MoEFFN, prev_router: int, source: int | None, num_new: int, routing: str = "replace",
+def expand_layer(layer: MoEFFN, prev_router: int, sources: Sequence[int] | None, routing: str = "replace",
                  router_noise: float = 0.01) -> int:
-    """Add task t's router R^t (and, if ``source`` is given, ``num_new`` trainable copies of expert
-    ``source``); returns R^t's index. R^t's old rows are a trainable copy of R^{t-1}.
+    """Add task t's router R^t (and, if ``sources`` are given, one trainable copy of each source
+    expert); returns R^t's index. R^t's old rows are a trainable copy of R^{t-1}.
 
-    ``routing="replace"``: each new row is the source's row and the source is masked in R^t (only
+    ``routing="replace"``: each new row is its source's row and the source is masked in R^t (only
     there: R^{t-1} and older routers still reach it). R^t then starts as exactly R^{t-1}'s function,
     and the trainable copy, not the frozen source, receives those tokens with their full weight.
-    ``routing="split"``: each new row is the source's row plus Gaussian noise of std
+    ``routing="split"``: each new row is its source's row plus Gaussian noise of std
     ``router_noise * std(row)`` and the source stays routable, so top-k renormalised weights split
     those tokens between the near-identical pair and about half of each stays on the frozen source.
     """
     if routing not in ROUTINGS:
         raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
     router = LinearRouter.from_router(layer.routers[prev_router])
-    if source is not None and num_new > 0:
-        layer.experts.append(num_new, copy_from=source)
+    for source in sources or []:
+        layer.experts.append(1, copy_from=source)
         noise = 0.0
         if routing == "split":
             noise = router_noise * float(router.weight.detach()[source].float().std(unbiased=False))
-        router.append_rows(num_new, copy_from=source, noise_std=noise)
+        router.append_rows(1, copy_from=source, noise_std=noise)
         if routing == "replace":
             router.mask_rows([source])
     return layer.add_router(router)

@@ -98,10 +98,10 @@ def test_reports_hold_probe_statistics_and_growth(trained):
         probe = rep["probing"]
         assert probe["enabled"] and probe["reading"] == "A" and probe["records"] == 3 and probe["steps"] == 1
         for layer, stats in probe["layers"].items():
-            assert set(stats) >= {"probe_frequency", "threshold", "expanded", "source_expert", "expert_frequencies"}
+            assert set(stats) >= {"probe_frequency", "threshold", "expanded", "source_experts", "expert_frequencies"}
             assert sum(stats["expert_frequencies"]) == pytest.approx(2.0)  # top-2 of every real token
             assert stats["expanded"] == (stats["probe_frequency"] > stats["threshold"] + 1e-9)
-            experts[layer] += stats["expanded"]
+            experts[layer] += 2 * stats["expanded"]   # N_s = 2 copies per expanded layer
         assert rep["experts_per_layer"] == experts and rep["routers_per_layer"] == {i: t + 1 for i in layers}
         assert rep["added_parameters"] <= rep["added_parameters_if_every_layer_expanded"]
         assert rep["ptl"]["samples"] == RECORDS // BATCH * BATCH
@@ -214,16 +214,18 @@ def test_only_probed_layers_grow_and_copies_are_exact(monkeypatch, reading, expa
     rep = method.task_report()
     assert rep["expanded_layers"] == expanded
     for i, layer in method.layers.items():
-        assert layer.experts.num_experts == 2 + (i in expanded) and len(layer.routers) == 2
-        if i in expanded:   # source = most-used old expert (0 in layer 0)
-            for a, b in zip(layer.experts.experts[2].parameters(), layer.experts.experts[0].parameters()):
-                assert torch.equal(a, b)
+        assert layer.experts.num_experts == 2 + 2 * (i in expanded) and len(layer.routers) == 2
+        if i in expanded:   # sources = the old experts by use, most used first (0, then 1 in layer 0)
+            assert rep["probing"]["layers"][str(i)]["source_experts"] == [0, 1]
+            for new, src in ((2, 0), (3, 1)):
+                for a, b in zip(layer.experts.experts[new].parameters(), layer.experts.experts[src].parameters()):
+                    assert torch.equal(a, b)
     naive = begin_second_task(monkeypatch, CMoEHParams(probing=False, moe_layers="alternate"), None).task_report()
     assert naive["expanded_layers"] == [0, 2] and naive["probing"]["enabled"] is False
     assert rep["added_parameters"] < naive["added_parameters"]
     assert rep["added_parameters_if_every_layer_expanded"] == naive["added_parameters"]
     expert = method.layers[0].experts.expert_numel(0)
-    assert rep["added_parameters"] == len(expanded) * (expert + D) + sum(2 * D for _ in method.layers)
+    assert rep["added_parameters"] == len(expanded) * 2 * (expert + D) + sum(2 * D for _ in method.layers)
 
 
 # --- CLI -----------------------------------------------------------------------------------------------

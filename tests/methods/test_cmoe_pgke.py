@@ -76,7 +76,7 @@ def test_expansion_copies_the_most_used_expert_exactly(routing, noise):
     layer.experts.freeze()
     layer.routers[0].freeze()
     r1 = layer.routers[0].weight.detach().clone()
-    idx = expand_layer(layer, prev_router=0, source=1, num_new=1, routing=routing, router_noise=noise)
+    idx = expand_layer(layer, prev_router=0, sources=[1], routing=routing, router_noise=noise)
     new = layer.experts.experts[2]
     src = layer.experts.experts[1]
     for a, b in zip(new.parameters(), src.parameters()):
@@ -93,7 +93,7 @@ def test_expansion_copies_the_most_used_expert_exactly(routing, noise):
     assert torch.equal(layer.routers[0].weight, r1) and not layer.routers[0].groups[0].requires_grad
     assert layer.routers[0].row_mask.all()   # the old router still reaches every old expert
     # a layer that is not expanded still gets its task router, over the old experts only
-    idx2 = expand_layer(layer, prev_router=idx, source=None, num_new=1, routing=routing, router_noise=noise)
+    idx2 = expand_layer(layer, prev_router=idx, sources=None, routing=routing, router_noise=noise)
     assert layer.experts.num_experts == 3 and torch.equal(layer.routers[idx2].weight, w)
 
 
@@ -104,7 +104,11 @@ def test_replace_routing_starts_as_the_previous_task_router():
             p.normal_(0, 0.1)
     x = torch.randn(1, 20, D)
     before = layer(x)
-    idx = expand_layer(layer, prev_router=0, source=1, num_new=1, routing="replace")
+    idx = expand_layer(layer, prev_router=0, sources=[1, 0], routing="replace")
+    assert layer.routers[idx].row_mask.tolist() == [False, False, True, True]  # both sources replaced
+    for new, src in ((2, 1), (3, 0)):
+        for a, b in zip(layer.experts.experts[new].parameters(), layer.experts.experts[src].parameters()):
+            assert torch.equal(a, b)
     layer.set_router_choice(idx)
     torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-6)
 
