@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from torch import nn
 
@@ -43,10 +43,12 @@ class TaskTraining:
 
 def train_task(model: nn.Module, method, task_index: int, task, loader, steps: int, *, accelerator, lr: float,
                warmup_ratio: float = 0.03, weight_decay: float = 0.0, extra_parameters: Iterable[nn.Parameter] = (),
-               desc: str = "train", compile: bool = False) -> TaskTraining:
+               desc: str = "train", compile: bool = False,
+               around_phase: tuple[Callable[[], None], Callable[[], None]] | None = None) -> TaskTraining:
     """Run every phase ``method.training_phases(task_index, task, loader, steps)`` yields.
 
-    ``extra_parameters`` (e.g. the projector with ``--train-projector``) train in every phase."""
+    ``extra_parameters`` (e.g. the projector with ``--train-projector``) train in every phase.
+    ``around_phase``: (before, after) observers called around each phase's steps (tests)."""
     extra = list(extra_parameters)
     out = TaskTraining()
     trained: dict[int, int] = {}
@@ -66,11 +68,15 @@ def train_task(model: nn.Module, method, task_index: int, task, loader, steps: i
             trained.update((id(p), p.numel()) for p in params)
             evolved.update((id(p), p.numel()) for p in phase.evolving)
         phase_lr = lr if phase.lr is None else phase.lr
+        if around_phase:
+            around_phase[0]()
         stats = train_steps(model, params, phase.loader if phase.loader is not None else loader, phase.steps,
                             accelerator=accelerator, lr=phase_lr, warmup_ratio=warmup_ratio,
                             weight_decay=weight_decay, aux_loss=method.auxiliary_loss,
                             before_forward=method.before_forward, after_step=method.after_optimizer_step,
                             desc=desc if phase.name == "task" else f"{desc} {phase.name}", compile=compile)
+        if around_phase:
+            around_phase[1]()
         out.phases.append((phase.name, phase_lr, stats))
         out.training_seconds += stats.seconds
     if not out.phases:

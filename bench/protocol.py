@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Hooks:
-    """Observation points for tests and tools (never used to change behaviour)."""
+    """Observation points for tests and tools (never used to change behaviour): called around every
+    training phase of stage ``t`` (one per stage for most methods)."""
 
     before_train: Callable[[int, Any, Any], None] = lambda t, method, model: None
     after_train: Callable[[int, Any, Any], None] = lambda t, method, model: None
@@ -276,13 +277,13 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
         t = time.perf_counter()
         method.begin_task(index, stage_task, loader)
         timer.add("method", t)
-        hooks.before_train(index, method, model)
         done = train_task(model, method, index, stage_task, loader, steps, accelerator=accelerator, lr=cfg.lr,
                           warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, extra_parameters=projector,
-                          desc=f"{method.name} {stage_name}", compile=cfg.compile)
+                          desc=f"{method.name} {stage_name}", compile=cfg.compile,
+                          around_phase=(lambda: hooks.before_train(index, method, model),
+                                        lambda: hooks.after_train(index, method, model)))
         timer.seconds["training"] = timer.seconds.get("training", 0.0) + done.training_seconds
         timer.seconds["method"] = timer.seconds.get("method", 0.0) + done.method_seconds
-        hooks.after_train(index, method, model)
         counts = method.parameter_counts()
         t = time.perf_counter()
         method.end_task(index, stage_task, loader)

@@ -198,8 +198,8 @@ class EvoMoE(MoEMethod):
         return self._expert_params(ids) + self._router_params()
 
     def evolving_parameters(self) -> list[nn.Parameter]:
-        """θ_2..θ_E: a task's evolution phase changes them without gradient."""
-        if not self.layers or not self.evolved:
+        """θ_2..θ_E while the evolution phase runs (it changes them without gradient); none otherwise."""
+        if self.phase != self.EVOLUTION:
             return []
         return self._expert_params(range(1, self.hp.num_experts))
 

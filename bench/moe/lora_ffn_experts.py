@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench.moe.experts import ExpertSet, LoRADelta
@@ -74,20 +75,30 @@ class LoRAFFNExperts(ExpertSet):
         return self.experts[e](x, self.base)
 
     def forward_grouped(self, x_sorted: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """The frozen projections once over the whole sorted buffer, each expert's low-rank terms on
-        its slice (views from ``split``): 3 large matmuls plus 6 rank-r ones per non-empty expert."""
+        """The frozen projections once over the whole sorted buffer; the low-rank terms of all experts
+        that received rows as two matmuls per projection: with the live experts' factors stacked,
+        ``H = X [A_1; ...; A_L]^T`` [M, L·r], each row keeps only its own expert's r columns (a 0/1
+        mask from the slice sizes), then ``H [B_1, ..., B_L]^T``. Wasted columns cost L·r per row,
+        far less than a chain of small matmuls per expert at this scale."""
         if x_sorted.shape[0] == 0:
             return x_sorted.new_zeros(0, self.d_out)
         base = self.base
-        live = [(e, c) for e, c in enumerate(counts) if c]
-        xs = [x for x, c in zip(x_sorted.split(counts), counts) if c]
+        live = [e for e, c in enumerate(counts) if c]
+        sizes = torch.tensor([counts[e] for e in live], device=x_sorted.device)
+        owner = torch.repeat_interleave(torch.arange(len(live), device=x_sorted.device), sizes)
+        keep = torch.nn.functional.one_hot(owner, len(live)).to(x_sorted.dtype).unsqueeze(-1)  # [M, L, 1]
+        r = self.r
 
-        def add_lora(full: torch.Tensor, inputs: list[torch.Tensor], proj: str) -> torch.Tensor:
-            deltas = [getattr(self.experts[e], proj)(xe) for (e, _), xe in zip(live, inputs)]
-            return full + (deltas[0] if len(deltas) == 1 else torch.cat(deltas))
+        def lora(x: torch.Tensor, proj: str) -> torch.Tensor:
+            mods = [getattr(self.experts[e], proj) for e in live]
+            a = mods[0].lora_A if len(mods) == 1 else torch.cat([m.lora_A for m in mods])
+            b = mods[0].lora_B if len(mods) == 1 else torch.cat([m.lora_B for m in mods], dim=1)
+            h = F.linear(x, a.to(x.dtype))
+            if len(mods) > 1:
+                h = (h.view(-1, len(mods), r) * keep).view(-1, len(mods) * r)
+            return F.linear(h, b.to(x.dtype)) * mods[0].scaling
 
-        g = add_lora(base.gate_proj(x_sorted), xs, "gate_proj")
-        u = add_lora(base.up_proj(x_sorted), xs, "up_proj")
+        g = base.gate_proj(x_sorted) + lora(x_sorted, "gate_proj")
+        u = base.up_proj(x_sorted) + lora(x_sorted, "up_proj")
         h = base.act_fn(g) * u
-        hs = list(h.split([c for _, c in live]))
-        return add_lora(base.down_proj(h), hs, "down_proj")
+        return base.down_proj(h) + lora(h, "down_proj")

@@ -4,7 +4,7 @@ for the device (a host-device synchronisation), counted on any machine.
     python -m bench perf syncs [--methods all|seq-ft,cmoe --steps 8]
 
 Every registered method is attached to the tiny preset (stage-0 weights when cached) and trains
-``--steps`` steps through ``bench.trainer.train_steps`` under a ``TorchFunctionMode`` that records each
+``--steps`` steps of the first task (all its phases, ``bench.phases.train_task``) under a ``TorchFunctionMode`` that records each
 call which needs a tensor's value on the host: ``item``, ``tolist``, ``bool``/``int``/``float``/``index``
 of a tensor, and the ops whose output shape depends on values (``nonzero``, ``unique``,
 ``masked_select``, ``argwhere``, one-argument ``where``). On a CPU these are free; on a GPU each one
@@ -76,18 +76,17 @@ def _project_frame() -> str:
 def count(method_name: str, steps: int) -> tuple[HostReadCounter, object]:
     """(reads during ``steps`` training steps, the method) for one registered method."""
     from bench.perf.trainer import build
-    from bench.trainer import train_steps
+    from bench.phases import train_task
 
     _, accelerator, backbone, _, batches, _, attached = build(method_name, 8, 4)
     model = backbone.model
     method = attached(model)
     counter = HostReadCounter()
-    with counter:
-        train_steps(model, method.trainable_parameters(), batches, steps, accelerator=accelerator, lr=1e-3,
-                    aux_loss=method.auxiliary_loss, before_forward=method.before_forward,
-                    after_step=method.after_optimizer_step, log_every=steps + 1, desc=f"syncs {method_name}")
-    # the one loss log, at the last step, is the trainer's by design
-    counter.sites[f"item at bench/trainer.py:{_loss_log_line()} (train_steps)"] -= 1
+    with counter:  # every phase of the method's first task (EvoMoE: evolution, then router)
+        done = train_task(model, method, 0, None, batches, steps, accelerator=accelerator, lr=1e-3,
+                          desc=f"syncs {method_name}")
+    # one loss log per phase, at its last step (fewer than 25 steps), is the trainer's by design
+    counter.sites[f"item at bench/trainer.py:{_loss_log_line()} (train_steps)"] -= len(done.phases)
     counter.sites = +counter.sites
     return counter, method
 

@@ -52,7 +52,9 @@ Hyper-parameters (``--set key=value``; [INFERRED] = no source fixes it):
     vae_epochs=50, vae_lr=1e-3, vae_batch_size=64      [INFERRED] its Adam fit.
     vae_standardize=True    [INFERRED] each VAE z-scores its input with its own task's feature
                             mean/std (see ``ptl.TaskVAE``).
-    ptl_max_samples=0       cap on the training prompts used to fit a VAE (0 = all).
+    ptl_max_samples=1000    cap on the training prompts a VAE is fitted on, the first ones in the task's
+                            record order (0 = all): F_end needs a full base-model forward per prompt,
+                            which at 2,000 prompts cost more per task than the task's evaluation row.
 
 Other [INFERRED] choices: MoE layers are installed at task 1 (row 0 of the matrix is the dense base
 model); frequencies are measured after probe training on the probe subset's real tokens; the
@@ -70,6 +72,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from bench.moe import LinearRouter, MoEFFN, set_router_choice
 from methods import register
@@ -103,7 +106,7 @@ class CMoEHParams(LoRAExpertHParams):
     vae_lr: float = 1e-3
     vae_batch_size: int = 64
     vae_standardize: bool = True
-    ptl_max_samples: int = 0
+    ptl_max_samples: int = 1000
 
     def validate(self) -> None:
         super().validate()
@@ -129,6 +132,13 @@ class CMoEHParams(LoRAExpertHParams):
         failed = [rule for rule, ok in checks.items() if not ok]
         if failed:
             raise ValueError(f"invalid cmoe hyper-parameters ({self}): need {', '.join(failed)}")
+
+
+def feature_loader(train_loader) -> DataLoader:
+    """The task's training records in record order (so ``ptl_max_samples`` takes the first ones, the
+    same whatever the run seed), at the task loader's batch size and with its collate function."""
+    return DataLoader(train_loader.dataset, batch_size=train_loader.batch_size or 1, shuffle=False,
+                      collate_fn=train_loader.collate_fn)
 
 
 def _r6(x: float) -> float:
@@ -255,7 +265,7 @@ class CMoE(MoEMethod):
         hp = self.hp
         start = time.perf_counter()
         feats, n = [], 0
-        for batch in train_loader:
+        for batch in feature_loader(train_loader):
             feats.append(base_last_token_features(self.model, self.layers, batch, self.ctx.device))
             n += feats[-1].shape[0]
             if hp.ptl_max_samples and n >= hp.ptl_max_samples:

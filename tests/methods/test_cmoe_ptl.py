@@ -54,7 +54,8 @@ def installed():
     method.install(model)
     for layer in method.layers.values():
         for ex in layer.experts.experts:
-            torch.nn.init.normal_(ex.lora_B, std=0.5)   # experts now change the output
+            for lora in (ex.gate_proj, ex.up_proj, ex.down_proj):
+                torch.nn.init.normal_(lora.lora_B, std=0.5)   # experts now change the output
     return method, model, pristine
 
 
@@ -105,7 +106,7 @@ def test_feature_cache_reuses_features_only_while_the_base_model_is_unchanged(in
     with torch.no_grad():
         for layer in layers.values():
             for ex in layer.experts.experts:
-                ex.lora_B.add_(1.0)
+                ex.down_proj.lora_B.add_(1.0)
     assert cache.features(model, layers, batch, cpu) is first
     assert (cache.hits, cache.misses) == (2, 1)
     # other prompts are never handed the first batch's features

@@ -29,7 +29,8 @@ def test_method_runs_two_tasks(name, tiny_config):
         live.update(method=method, model=model), _before(t, method, model))
     record = read_record(run(cfg, hooks))
     expected_stages = 1 if methods.get(name).joint_training else 2
-    assert hooks.checked == expected_stages
+    # the frozen check runs around every training phase (cmoe's probe, EvoMoE's evolution and router)
+    assert hooks.checked == sum(len(t.get("phases") or [None]) for t in record["training"]) >= expected_stages
     assert record["method"] == name and record["tasks"] == ["vqav2", "imagenet"]
     assert len(record["accuracy_matrix"]) == expected_stages + 1
     for key in ("last", "maa", "bwt", "forgetting", "fwt", "mft"):
