@@ -1,4 +1,4 @@
-"""Experts and growable expert sets (spec methods.md Part A "Common ground", Part B §1-§4).
+"""Experts and growable expert sets: full FFN copies and LoRA deltas.
 
 Two kinds of expert, both kept one module per expert so that
 
@@ -13,14 +13,12 @@ Two kinds of expert, both kept one module per expert so that
 ``LoRADelta``     a LoRA delta on a frozen FFN: ``Δ(h) = (alpha / r) · B A h`` with ``A ∈ R^{r×d_in}``,
                   ``B ∈ R^{d_out×r}``, B = 0 at init so a new expert starts as a no-op.
 
-Why a single delta on the FFN output rather than a LoRA on each of gate/up/down: the spec writes the
-LLaVA-CMoE expert as ``Δ_e(h) = (α/r)·B_e A_e h`` added to ``FFN_frozen(h)`` (Part B §1, "Notation" and
-step 1), i.e. a delta on the FFN output computed from the FFN input. It is also the form whose cost
-matches "LoRA expert": the frozen FFN runs once per token and each routed expert adds only 2·r·d MACs.
-With a LoRA on each linear, the down projection sees an expert-specific activation, so every routed
-expert would cost a full extra FFN evaluation (k+1 FFNs per token). CoIN's MoELoRA (per-linear LoRA
-experts, dense mixing) is served by the same ``LoRAExperts`` set built per linear with
-``d_in/d_out = in/out_features`` and mixed with ``LoRAExperts.mix_dense``.
+``LoRAExperts`` holds LoRADelta experts in one of two roles: the output-delta expert of an MoE FFN
+(``y = FFN(h) + Σ_k w_k Δ_k(h)``, selectable as ``expert_type=delta``; the frozen FFN runs once per
+token and each routed expert adds 2·r·d MACs, but it learns little per task on the tiny preset), and
+CoIN's MoELoRA per-linear experts (``d_in/d_out = in/out_features``, mixed with
+``LoRAExperts.mix_dense``). The default LoRA expert of the MoE methods, the FFN with a LoRA per expert
+on gate, up and down, is ``bench.moe.lora_ffn_experts.LoRAFFNExperts``.
 """
 from __future__ import annotations
 

@@ -154,6 +154,7 @@ class CMoE(MoEMethod):
         self.locator = TaskLocator()
         self.task_names: list[str] = []
         self._train_choice = 0          # the router index training forwards use (R^t, or the probe's)
+        self._extending = False         # the current task grows an existing MoE (task t >= 2)
         self._probe_report: dict[str, Any] | None = None
         self._growth_report: dict[str, Any] = {}
         self._ptl_report: dict[str, Any] | None = None
@@ -162,7 +163,7 @@ class CMoE(MoEMethod):
 
     # --- construction ----------------------------------------------------------------------------
     def build_layer(self, index: int, mlp: nn.Module) -> MoEFFN:
-        """N0 LoRA experts on the frozen FFN (residual-base) and router R^1; dropless top-k."""
+        """N0 LoRA experts (``expert_type``) on the frozen FFN and router R^1; dropless top-k."""
         hp = self.hp
         experts = lora_experts(mlp, hp.num_initial_experts, hp)
         router = LinearRouter(experts.d_in, hp.num_initial_experts, device=mlp.gate_proj.weight.device)
