@@ -80,7 +80,7 @@ def evaluate_all(model, method, backbone, test_sets: dict[str, tuple[Any, Encode
     """Greedy answers for every test record of every task, scored by the task's official rule.
 
     With several processes each rank decodes its own shard of every test set and the predictions are
-    gathered on every rank before scoring, so all ranks score the same full set (issue 9 item 5)."""
+    gathered on every rank before scoring, so all ranks score the same full set."""
     out = {}
     for index, (name, (task, encoded)) in enumerate(test_sets.items()):
         loader = eval_loader(backbone, encoded, cfg.eval_batch_size, indices=_shard(len(encoded), accelerator))
@@ -165,7 +165,7 @@ def plan_line(cfg: RunConfig, method, task_list: list, plan, processes: int, run
 
 
 def _resume_point(run_dir: Path, out_dir: Path) -> checkpoint.TaskCheckpoint:
-    """The last finished task's checkpoint of an interrupted run (issue 9 item 1)."""
+    """The last finished task's checkpoint of an interrupted run."""
     record = out_dir / "runs" / f"{run_dir.name}.json"
     if record.exists():
         raise checkpoint.CheckpointError(f"run {run_dir.name} already finished: its record is {record}; "

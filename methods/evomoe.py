@@ -1,5 +1,5 @@
-"""``evomoe``: expert evolution + Dynamic Token-aware Router on the continual stream (spec methods.md
-Part A table row ``evomoe`` and "EvoMoE details"; Part B §3).
+"""``evomoe``: expert evolution + Dynamic Token-aware Router on the continual stream (EvoMoE,
+arXiv 2505.23830).
 
 Structure (installed once, when the first task begins): every MoE layer's FFN is copied into E experts
 (``FFNExperts.from_mlp``) and routed top-1 by a ``HyperRouter`` (DTR: image tokens through H^V, text
