@@ -3,7 +3,7 @@
 A task turns a data source (real CoIN files or the synthetic coin-mini generator) into a
 :class:`TaskSplit`: an indexable, lazily decoded sequence of :class:`Record` s backed by a
 ``datasets.Dataset`` (images stay paths / encoded bytes until a record is read).
-Scoring is delegated to the pure functions in :mod:`tasks.scoring` (spec coin.md Part B section 3).
+Scoring is delegated to the pure functions in :mod:`tasks.scoring` (the official CoIN rules, per record).
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ class Task:
     """One CoIN task: its name, where its files live in the CoIN layout and which scorer it uses.
 
     ``coin_dir`` is the folder under ``Instructions_<Variant>/``; ``test_file`` is ``test.json`` or
-    ``val.json`` as shipped by CoIN (coin.md Part B 2.4).
+    ``val.json`` as shipped by CoIN.
     """
 
     name: str

@@ -1,4 +1,4 @@
-"""Reader for the real CoIN files (spec coin.md Part A "Data sources", Part B sections 2.2 and 2.3).
+"""Reader for the real CoIN files: the instruction JSONs, the images and the official side files.
 
 Layout under ``DataSpec.data_root``::
 
@@ -10,9 +10,10 @@ Layout under ``DataSpec.data_root``::
     cl_dataset/GQA/testdev_balanced_questions.json
     cl_dataset/ScienceQA/problems.json, pid_splits.json
 
-Every record is validated before anything is built: a missing key, a wrong type, a missing image file
-or a grounding box that is not four numbers raises :class:`TaskError` naming the file, the record
-index and the field, so a run never starts half-loaded and nothing is silently dropped.
+Every record is validated before anything is built: a missing key, a wrong type, a missing image file,
+a grounding box that is not four numbers or a test ``question_id`` that repeats an earlier record's
+(compared as strings, as records store them) raises :class:`TaskError` naming the file, the record
+index(es) and the field, so a run never starts half-loaded and nothing is silently dropped.
 
 Test-split refs (see :mod:`tasks.scoring` for what each scorer reads):
 ``grounding`` ``size``; ``scienceqa`` ``has_image`` and, with ``problems.json``, ``num_options``;
@@ -27,8 +28,9 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+from tasks import side_files as side_files_mod
 from tasks.base import DataSpec, Task, TaskError, TaskSplit
 
 TEST_FILES = ("test.json", "val.json")
@@ -38,7 +40,6 @@ SIDE_FILES: dict[str, str] = {
     "gqa": "GQA/testdev_balanced_questions.json",
     "scienceqa": "ScienceQA/problems.json",
 }
-SCIENCEQA_SPLITS_FILE = "pid_splits.json"
 SCIENCEQA_LETTERS = ("A", "B", "C", "D", "E")
 IMAGE_TOKEN = "<image>"
 
@@ -120,7 +121,7 @@ def strip_image_token(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Record parsers (coin.md Part B 2.2)
+# Record parsers
 # --------------------------------------------------------------------------------------------------
 
 def parse_train_record(task: Task, rec: Any, index: int, path: Path | str) -> RawRecord:
@@ -179,6 +180,17 @@ def parse_records(task: Task, data: Any, path: Path | str, split: str) -> list[R
     return [parser(task, rec, i, path) for i, rec in enumerate(data)]
 
 
+def check_unique_ids(records: list[RawRecord], path: Path | str) -> None:
+    """Test records are matched to predictions by ``question_id``: a repeated id (as the string the
+    record stores, so ``5`` and ``"5"`` are the same id) would make that ambiguous."""
+    first: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        if rec.question_id in first:
+            raise _record_error(path, i, "question_id", f"{rec.question_id!r} repeats record {first[rec.question_id]}; "
+                                "test question ids must be unique")
+        first[rec.question_id] = i
+
+
 def check_image_files(records: list[RawRecord], image_root: Path, path: Path | str) -> None:
     """Every referenced image must exist under ``cl_dataset/`` (checked without decoding it)."""
     for i, rec in enumerate(records):
@@ -231,7 +243,7 @@ def split_file(task: Task, split: str, spec: DataSpec) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# Official side files (coin.md Part B 2.3): each loader returns a function that adds refs to a record
+# Official side files: each loader returns a function that adds refs to a record
 # --------------------------------------------------------------------------------------------------
 
 Enricher = Callable[[RawRecord, int, Path], None]
@@ -327,32 +339,15 @@ _ENRICHERS: dict[str, Callable[[Path], Enricher]] = {
 }
 
 
-def resolve_side_file(task: Task, side_file: str | Path) -> Path:
-    """The side file path as given; for ScienceQA a directory means its ``problems.json``."""
-    if task.name not in SIDE_FILES:
-        raise TaskError(f"task {task.name!r} has no official side file; side files exist for: {', '.join(SIDE_FILES)}")
-    path = Path(side_file)
-    if task.name == "scienceqa" and path.is_dir():
-        path = path / "problems.json"
-    if not path.is_file():
-        raise TaskError(f"side file not found: {path} (expected cl_dataset/{SIDE_FILES[task.name]})")
-    return path
-
-
 def apply_side_file(task: Task, records: list[RawRecord], side: Path, ann_path: Path) -> None:
     enrich = _ENRICHERS[task.name](side)
     for i, rec in enumerate(records):
         enrich(rec, i, ann_path)
 
 
-def scienceqa_test_references(problems_path: Path, problems: dict[str, dict[str, Any]],
+def scienceqa_test_references(splits_path: Path, problems_path: Path, problems: dict[str, dict[str, Any]],
                               split: str = "test") -> list[dict[str, Any]]:
-    """What ``eval_science_qa.py`` iterates over: every problem of ``pid_splits.json[split]`` (found
-    beside ``problems.json``), in that order (so a problem without a prediction counts wrong)."""
-    splits_path = problems_path.parent / SCIENCEQA_SPLITS_FILE
-    if not splits_path.is_file():
-        raise TaskError(f"ScienceQA split file not found: {splits_path} (expected beside {problems_path}, "
-                        "as in cl_dataset/ScienceQA/)")
+    """Every problem of ``pid_splits.json[split]``, in that order, as scorer references."""
     splits = load_json(splits_path)
     pids = splits.get(split) if isinstance(splits, dict) else None
     if not isinstance(pids, list):
@@ -410,11 +405,13 @@ def load_split(task: Task, split: str, spec: DataSpec) -> TaskSplit:
     path = split_file(task, split, spec)
     image_root = Path(spec.data_root) / IMAGE_DIR
     records = parse_records(task, load_json(path), path, split)
+    if split == "test":
+        check_unique_ids(records, path)
     check_image_files(records, image_root, path)
     side_files = []
     if split == "test" and task.name in SIDE_FILES:
         side = image_root / SIDE_FILES[task.name]
-        if side.is_file():  # "where present" (coin.md Part A): scorers fall back without them
+        if side.is_file():  # used where present: the scorers fall back without them
             apply_side_file(task, records, side, path)
             side_files.append(str(side))
     limit = spec.limit_train if split == "train" else spec.limit_test
@@ -425,24 +422,27 @@ def load_split(task: Task, split: str, spec: DataSpec) -> TaskSplit:
     return TaskSplit(task.name, split, _build_dataset(chosen, image_root), source)
 
 
-def read_annotations(task: Task, annotations_path: str | Path, side_file: str | Path | None = None) -> list[dict[str, Any]]:
-    """Scorer references ``{"question_id", "answer", **refs}`` from a CoIN test/val JSON (validated as
-    in :func:`load_split`; images are not needed to score, so their files are not checked), enriched by
-    the optional official side file. For ScienceQA with ``problems.json`` the references are every
-    problem of ``pid_splits.json['test']``, as ``eval_science_qa.py`` iterates them; each CoIN record
-    must then be one of those problems."""
+def read_annotations(task: Task, annotations_path: str | Path,
+                     side_files: Sequence[str | Path] | str | Path | None = None) -> list[dict[str, Any]]:
+    """Scorer references ``{"question_id", "answer", **refs}`` for ``bench score --mode clean``: every
+    record of a CoIN test/val JSON (validated as in :func:`load_split`, ids unique; images are not
+    needed to score, so their files are not checked), enriched by the official side files (see
+    :mod:`tasks.side_files`). For ScienceQA with its side files the references are every problem of
+    ``pid_splits.json['test']`` with its answer from ``problems.json``; each CoIN record must then be
+    one of the problems."""
     path = Path(annotations_path)
     if not path.is_file():
         raise TaskError(f"annotations file not found: {path} (expected a CoIN {' or '.join(TEST_FILES)} "
                         f"from Instructions_<Variant>/{task.coin_dir}/)")
     records = parse_records(task, load_json(path), path, "test")
-    if side_file is not None:
-        side = resolve_side_file(task, side_file)
-        if task.name == "scienceqa":
-            problems = _scienceqa_problems(side)
-            enrich = _scienceqa_enricher(side, problems)
-            for i, rec in enumerate(records):  # every CoIN record must be a known problem
-                enrich(rec, i, path)
-            return scienceqa_test_references(side, problems)
-        apply_side_file(task, records, side, path)
+    check_unique_ids(records, path)
+    side = side_files_mod.resolve(task.name, side_files)
+    if task.name == "scienceqa" and side:
+        problems = _scienceqa_problems(side["problems"])
+        enrich = _scienceqa_enricher(side["problems"], problems)
+        for i, rec in enumerate(records):  # every CoIN record must be a known problem
+            enrich(rec, i, path)
+        return scienceqa_test_references(side["splits"], side["problems"], problems)
+    for role_path in side.values():
+        apply_side_file(task, records, role_path, path)
     return [{"question_id": r.question_id, "answer": r.answer, **r.refs} for r in records]

@@ -1,21 +1,26 @@
-"""The eight CoIN scorers as pure functions (spec coin.md Part A "Scoring", Part B section 3).
+"""The eight CoIN scorers as pure functions over predictions aligned with references.
 
-``mode="official"`` (the default) reproduces the published scripts of ``zackschen/CoIN``,
-``ETrain/Eval/LLaVA/CoIN/`` (``eval_science_qa.py``, ``eval_textvqa.py`` + ``m4c_evaluator.py``,
-``eval_ImagetNet.py``, ``convert_gqa_for_eval.py`` + ``eval_gqa.py``, ``eval_vizwiz.py``,
-``eval_grounding.py``, ``eval_vqav2.py``, ``eval_ocrvqa.py``) bit for bit, quirks included, so the
-numbers compare with published CoIN tables. ``mode="clean"`` applies the same rule without the
-quirks: regex box parsing (first four numbers), normalised exact match, VQA soft accuracy with a
-de-bugged EvalAI normalisation where ten reference answers exist.
+This is how the harness scores its own evaluation (one prediction per test record, in record order)
+and how ``bench score --mode clean`` scores a prediction file once it is matched to the annotation
+records. Scoring a prediction *file* as the official scripts do (their denominators, id matching and
+repeated lines) is :mod:`tasks.official`; it uses the per-answer rules defined here.
+
+``mode="official"`` applies each official script's per-answer rule as published in
+``zackschen/CoIN`` (commit 4122465), ``ETrain/Eval/LLaVA/CoIN/`` (``eval_science_qa.py``,
+``eval_textvqa.py`` + ``m4c_evaluator.py``, ``eval_ImagetNet.py``, ``convert_gqa_for_eval.py`` +
+``eval_gqa.py``, ``eval_vizwiz.py``, ``eval_grounding.py``, ``eval_vqav2.py``, ``eval_ocrvqa.py``),
+quirks included, with the script's own float expression for the accuracy, so the numbers compare with
+published CoIN tables. ``mode="clean"`` applies the same rule without the quirks: regex box parsing
+(first four numbers), normalised exact match, VQA soft accuracy with a de-bugged EvalAI
+normalisation where ten reference answers exist.
 
 Inputs
 ------
 ``predictions[i]`` is the generated text for ``references[i]``, or ``None`` when the prediction is
-missing. A missing prediction counts wrong and stays in the denominator: that is what
-``eval_science_qa.py`` does (it iterates over every test problem). The other official scripts iterate
-over the prediction file instead, so there a missing prediction would silently shrink the denominator;
-the harness counts it wrong for every task and reports the number in ``extras["missing"]``.
-With every prediction present both conventions give the same number.
+missing. Every reference counts: a missing prediction is wrong and stays in the denominator (reported
+in ``extras["missing"]``). With one prediction per reference this is exactly the official figure;
+where predictions are missing the official scripts differ by task (most divide by the prediction
+lines instead), see :mod:`tasks.official`.
 
 Each reference is ``{"question_id": str, "answer": str, **refs}``. The refs keys each scorer reads
 (the coin reader in :mod:`tasks.coin` and the coin-mini generator fill them):
@@ -41,9 +46,6 @@ Output: :class:`tasks.base.ScoreResult` with ``accuracy`` in percent, computed w
 expression as the official script, ``per_sample`` in [0, 1] aligned with the references and
 ``extras`` (always ``missing``; GQA breakdowns; ScienceQA IMG accuracy). ``n`` is the denominator:
 the number of references, except GQA where it is the number of balanced questions.
-
-Source note: ``m4c_evaluator.py`` is not in the stored copy of ``zackschen/CoIN``; the file at the same
-path in ``bjzhb666/MLLM-CL`` (built on CoIN's ``ETrain``; the MMF/EvalAI processor) was the reference.
 """
 from __future__ import annotations
 
@@ -105,7 +107,9 @@ _OFFICIAL_PERIOD_COUNT = int(re.UNICODE)
 
 
 def evalai_normalize(text: str) -> str:
-    """EvalAI answer processor exactly as published (coin.md Part A "Scoring", Part B 3.2)."""
+    """``m4c_evaluator.py`` ``EvalAIAnswerProcessor.__call__`` (lines 181-218) exactly as published:
+    lower-case, drop "," and "?", split "'s", newlines and tabs to spaces, strip; the punctuation rule;
+    at most 32 periods stripped; number words, articles, contractions."""
     text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     text = text.replace("\n", " ").replace("\t", " ").strip()
     text = _official_punctuation(text)
@@ -212,10 +216,9 @@ def imagenet_match_official(prediction: str, answer: str) -> bool:
 
 
 def gqa_prediction_official(text: str) -> str:
-    """``convert_gqa_for_eval.py``: strip trailing periods, lower-case, then drop one leading space.
-    Trailing spaces survive, and "yes. " keeps its period (rstrip('.') stops at the space)."""
-    text = text.rstrip(".").lower()
-    return text[1:] if text[:1] == " " else text
+    """``convert_gqa_for_eval.py`` line 14: ``text.rstrip('.').lower()`` and nothing more. Spaces
+    survive on both ends, and "yes. " keeps its period (rstrip('.') stops at the space)."""
+    return text.rstrip(".").lower()
 
 
 def ocrvqa_match_official(prediction: str, answer: str) -> bool:
@@ -236,12 +239,11 @@ def parse_box_string(box: str) -> list[float]:
 
 
 def grounding_parse_official(text: str) -> list[float] | None:
-    """``eval_grounding.py`` prediction parser: drop one leading space, drop the brackets, then drop
-    the first and last *characters* before splitting on commas. With brackets already gone this eats a
-    digit: "[0.12, 0.34, 0.56, 0.78]" parses as (.12, .34, .56, .7) and a leading "1.0" becomes ".0".
-    Anything but four floats is None (the script skips it, so it counts wrong)."""
-    if text[:1] == " ":
-        text = text[1:]
+    """``eval_grounding.py`` lines 70-73: drop the brackets, then drop the first and last
+    *characters* before splitting on commas; nothing is trimmed first. With brackets already gone this
+    eats a digit: "[0.12, 0.34, 0.56, 0.78]" parses as (.12, .34, .56, .7), a leading "1.0" becomes
+    ".0", and in " [0.1, ...]" the space is the character dropped. Anything but four floats is None
+    (the script skips it, so it counts wrong)."""
     text = text.replace("[", "").replace("]", "")
     try:
         values = [float(x) for x in text[1:-1].split(",")]

@@ -91,6 +91,8 @@ BAD_DATA = [  # (task, damage, what the message must name besides the file)
     ("vqav2", _edit("VQAv2", "val.json", lambda d: d[1].pop("text")), ["record 1", "field 'text'"]),
     ("vqav2", _edit("VQAv2", "val.json", lambda d: d[1].update(answer=3)), ["record 1", "field 'answer'"]),
     ("vqav2", _edit("VQAv2", "val.json", lambda d: d[0].update(question_id=[1])), ["record 0", "field 'question_id'"]),
+    ("vqav2", _edit("VQAv2", "val.json", lambda d: d[1].update(question_id=0)),
+     ["record 1", "field 'question_id'", "repeats record 0"]),
     ("vqav2", _edit("VQAv2", "val.json", lambda d: d[1].update(image="imgs/gone.png")),
      ["record 1", "field 'image'", "file not found"]),
     ("vqav2", _edit("VQAv2", "train.json", lambda d: d[0].pop("conversations")), ["record 0", "field 'conversations'"]),

@@ -204,6 +204,7 @@ BAD_RECORDS = [
     ("scienceqa", "test", "ScienceQA", "test.json", _set(1, "answer", "F"), "answer"),
     ("scienceqa", "test", "ScienceQA", "test.json", _set(1, "image", "imgs/nope.png"), "image"),
     ("scienceqa", "test", "ScienceQA", "test.json", _set(1, "question_id", [1]), "question_id"),
+    ("scienceqa", "test", "ScienceQA", "test.json", _set(1, "question_id", "0"), "question_id"),  # repeats record 0
     ("scienceqa", "train", "ScienceQA", "train.json",
      lambda d: d[1]["conversations"][1].__setitem__("from", "human"), "conversations[1].from"),
     ("scienceqa", "train", "ScienceQA", "train.json",
@@ -228,6 +229,22 @@ def test_malformed_record_names_file_index_and_field(root: Path, task: str, spli
     assert str(root / INSTR / task_dir / name) in msg
     assert "record 1:" in msg
     assert f"field '{field}'" in msg
+
+
+def test_duplicate_test_question_id_names_both_records(root: Path) -> None:
+    # 4 and "4" are the same id once stored as strings: predictions could not be matched to either.
+    _mutate("ScienceQA", "test.json", _set(7, "question_id", 4))(root)
+    _mutate("ScienceQA", "test.json", _set(4, "question_id", "4"))(root)
+    path = root / INSTR / "ScienceQA" / "test.json"
+    with pytest.raises(TaskError) as err:
+        tasks.get("scienceqa").load("test", spec(root))
+    assert str(err.value) == (f"{path}: record 7: field 'question_id': '4' repeats record 4; "
+                              "test question ids must be unique")
+    with pytest.raises(TaskError, match="record 7: field 'question_id': '4' repeats record 4"):
+        coin.read_annotations(tasks.get("scienceqa"), path)
+    # Train records are never matched by id: a repeated train id is accepted.
+    _mutate("ScienceQA", "train.json", lambda d: d[1].__setitem__("id", "t1"))(root)
+    assert len(tasks.get("scienceqa").load("train", spec(root))) == 2
 
 
 def test_malformed_json_and_wrong_top_level(root: Path) -> None:
@@ -320,27 +337,36 @@ def test_cli_textvqa_with_side_file(root: Path, tmp_path: Path, capsys: pytest.C
 
 def test_cli_scienceqa_missing_predictions_count_wrong(root: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    preds = write_predictions(tmp_path / "merge.jsonl", [(r["question_id"], r["answer"]) for r in sqa_test()])
-    code, out, _ = run_cli(capsys, "--task", "scienceqa", "--predictions", preds,
-                           "--annotations", root / INSTR / "ScienceQA" / "test.json",
-                           "--side-file", root / "cl_dataset" / "ScienceQA" / "problems.json")
+    side = root / "cl_dataset" / "ScienceQA"
+    args = ["--task", "scienceqa", "--annotations", root / INSTR / "ScienceQA" / "test.json",
+            "--side-file", side / "pid_splits.json", "--side-file", side / "problems.json"]
+    preds = write_predictions(tmp_path / "merge.jsonl", [(str(r["question_id"]), r["answer"]) for r in sqa_test()])
+    code, out, _ = run_cli(capsys, *args, "--predictions", preds)
     result = json.loads(out)
-    assert code == 0 and result["n"] == 12 and result["missing"] == 2
-    assert result["accuracy"] == 10 / 12 * 100
+    assert code == 0 and result["n"] == 12 and result["missing"] == 2  # all 12 test problems count
+    assert result["accuracy"] == 10 / 12 * 100 and result["printed"] == "83.33"
+    # eval_science_qa.py keys predictions by the id as written: the integer 3 never finds problem "3".
+    preds = write_predictions(tmp_path / "merge.jsonl", [(r["question_id"], r["answer"]) for r in sqa_test()])
+    code, out, _ = run_cli(capsys, *args, "--predictions", preds)
+    assert code == 0 and json.loads(out)["accuracy"] == 0.0 and json.loads(out)["missing"] == 12
+    code, out, _ = run_cli(capsys, *args, "--predictions", preds, "--mode", "clean")  # clean matches str(id)
+    assert code == 0 and json.loads(out)["accuracy"] == 10 / 12 * 100
 
 
 def test_cli_imagenet_aligns_by_position_and_clean_mode(root: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    preds = write_predictions(tmp_path / "merge.jsonl", [("zzz", "tabby cat"), ("yyy", ""), ("xxx", "Dandie")])
+    preds = write_predictions(tmp_path / "merge.jsonl", [("in2", "tabby cat"), ("in1", ""), ("in0", "Dandie")])
     ann = root / INSTR / "ImageNet" / "test.json"
     code, out, _ = run_cli(capsys, "--task", "imagenet", "--predictions", preds, "--annotations", ann)
-    assert code == 0 and json.loads(out)["accuracy"] == 100.0 * 2 / 3  # empty and "Dandie" count
+    # by line position: "tabby cat" vs "Tabby cat" is wrong (case), "" and "Dandie" count
+    assert code == 0 and json.loads(out)["accuracy"] == 100.0 * 2 / 3
     code, out, _ = run_cli(capsys, "--task", "imagenet", "--predictions", preds, "--annotations", ann, "--mode", "clean")
-    assert code == 0 and json.loads(out)["mode"] == "clean" and json.loads(out)["accuracy"] == 100.0 / 3
+    # by question id: "tabby cat" is in2's (Dandie dinmont), "" is wrong, "Dandie" is not "Tabby cat"
+    assert code == 0 and json.loads(out)["mode"] == "clean" and json.loads(out)["accuracy"] == 0.0
 
 
 @pytest.mark.parametrize("case, needle", [
-    ("unknown_id", "'999' is not in the annotations"),
+    ("unknown_id", "'999' is not a question id of"),
     ("missing_predictions", "predictions file not found"),
     ("bad_task", "valid tasks: scienceqa"),
     ("bad_mode", "valid modes: official, clean"),

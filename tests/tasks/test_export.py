@@ -82,7 +82,7 @@ def test_official_scorers_read_the_exported_files(exported):
                        ("gqa", "GQA/testdev_balanced_questions.json")):
         task = tasks.get(name)
         refs = coin.read_annotations(task, out / "Instructions_Original" / task.coin_dir / task.test_file,
-                                     out / "cl_dataset" / side)
+                                     [out / "cl_dataset" / side])
         mine = task.load("test", real)
         assert [(r["question_id"], r["answer"]) for r in refs] == [(r.question_id, r.answer) for r in mine]
         assert task.score([r.answer for r in mine], refs).accuracy == 100.0, name
@@ -90,6 +90,43 @@ def test_official_scorers_read_the_exported_files(exported):
     for q in gqa.values():  # what eval_gqa.py reads
         assert q["isBalanced"] and q["groups"]["global"] and q["semantic"] and q["question"]
         assert {"structural", "semantic", "detailed"} <= set(q["types"])
+
+
+SIDE_FILES = {"scienceqa": ["ScienceQA/problems.json", "ScienceQA/pid_splits.json"],
+              "textvqa": ["TextVQA/TextVQA_0.5.1_val.json"], "gqa": ["GQA/testdev_balanced_questions.json"]}
+
+
+def _varied(records) -> list[str]:
+    """Right, wrong, re-cased, punctuated and empty answers in turn, so every rule is exercised."""
+    out = []
+    for i, r in enumerate(records):
+        other = records[(i + 1) % len(records)].answer
+        out.append([r.answer, other, r.answer.upper(), r.answer + ".", "", " " + r.answer][i % 6])
+    return out
+
+
+def test_full_coverage_official_script_equals_the_harness_score(exported, tmp_path):
+    """One prediction per test record, in record order (what the harness evaluates): the official
+    scripts' file-level rules and the harness's per-record scorer give the same float, and clean mode
+    through ``bench score`` equals the per-record clean scorer."""
+    from tasks import official, score_cli, side_files
+
+    _, out = exported
+    real = DataSpec(data_root=str(out))
+    for task in tasks.suite("coin"):
+        test = task.load("test", real)
+        preds = _varied(list(test))
+        merge = tmp_path / f"{task.name}.jsonl"
+        merge.write_text("".join(json.dumps({"question_id": r.question_id, "prompt": r.prompt, "text": p}) + "\n"
+                                 for r, p in zip(test, preds)))
+        ann = out / "Instructions_Original" / task.coin_dir / task.test_file
+        side = [out / "cl_dataset" / f for f in SIDE_FILES.get(task.name, [])]
+        inputs = official.Inputs(task.name, merge, ann, side_files.resolve(task.name, side))
+        harness = task.score(preds, test)
+        assert 0 < harness.accuracy < 100, task.name
+        assert official.score_files(inputs).accuracy == harness.accuracy, task.name
+        clean = score_cli.run(task.name, str(merge), str(ann), [str(p) for p in side], "clean")
+        assert clean["accuracy"] == task.score(preds, test, mode="clean").accuracy, task.name
 
 
 def test_cli(tmp_path):
