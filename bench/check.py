@@ -97,9 +97,11 @@ def make_baseline(record: dict[str, Any]) -> dict[str, Any]:
 def compare(baseline: dict[str, Any], current: dict[str, Any], tolerance: float = TOLERANCE) -> list[str]:
     """Every way ``current`` (a ``make_baseline`` of a fresh run) differs from ``baseline`` beyond what
     is allowed; empty when the check passes."""
-    if baseline["config"] != current["config"]:
-        keys = sorted(k for k in set(baseline["config"]) | set(current["config"])
-                      if baseline["config"].get(k) != current["config"].get(k))
+    # a config field added after the baseline was written counts as its default (as in bench.sweep)
+    defaults = RunConfig().to_dict()
+    made_for, now = {**defaults, **baseline["config"]}, {**defaults, **current["config"]}
+    if made_for != now:
+        keys = sorted(k for k in set(made_for) | set(now) if made_for.get(k) != now.get(k))
         return [f"the baseline was made for another configuration (differs in: {', '.join(keys)}); "
                 "the smoke preset or the config fields changed: rerun `python -m bench check --update`"]
     if (baseline["tasks"], baseline["matrix_rows"]) != (current["tasks"], current["matrix_rows"]):

@@ -72,6 +72,7 @@ class RunConfig:
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     train_projector: bool = False
     compile: bool = False  # torch.compile the model for training (--compile; bench.trainer.train_steps)
+    gradient_checkpointing: bool = False  # recompute decoder activations in backward (--gradient-checkpointing)
     # evaluation
     # 256: a coin-mini test split (200) decodes as one batch, 4x fewer decode loops than 64; predictions
     # identical to batch 64 on all 1600 test records (python -m bench perf eval --compare-batch 256)

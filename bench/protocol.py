@@ -21,12 +21,12 @@ import torch
 
 import methods
 import tasks as task_registry
-from bench import checkpoint, records
+from bench import checkpoint, records, sharding
 from bench.config import RunConfig
 from bench.data import ConcatEncoded, EncodedSplit, encode_split, eval_loader, train_loader
 from bench.metrics import summarize
 from bench.phases import train_task
-from bench.trainer import generate, method_hooks
+from bench.trainer import enable_gradient_checkpointing, generate, method_hooks
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,12 @@ def make_accelerator(cfg: RunConfig):
         # bf16 autocast pays off on accelerators; on CPU it is slower than fp32, so stay in fp32 there.
         precision = "bf16" if PartialState(cpu=cpu).device.type != "cpu" and is_bf16_available() else "no"
     # find_unused_parameters: experts outside a batch's top-k receive no gradient in that step.
-    return Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if cpu and sharding.fsdp_requested():
+        sharding.enable_cpu_fsdp(accelerator)  # accelerate turns FSDP on for accelerator devices only
+    sharding.check_accelerator(accelerator)
+    return accelerator
 
 
 def ordered_tasks(cfg: RunConfig) -> list:
@@ -198,6 +202,7 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
     run_dir = checkpoint.run_dir_for(out_dir, run_id)
     resumed = _resume_point(run_dir, out_dir) if resume else None
     accelerator = make_accelerator(cfg)
+    sharding.check_method(method, accelerator)
     if accelerator.num_processes > 1 and resume is None:  # every rank uses rank 0's run id and directory
         from accelerate.utils import broadcast_object_list
 
@@ -222,6 +227,8 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
     backbone, stage0 = load_base(cfg, task_list, accelerator, plan)
     timer.add("stage0", t0)
     model = backbone.model.to(accelerator.device)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
 
     t0 = time.perf_counter()
     train_sets: dict[str, EncodedSplit] = {}
@@ -328,7 +335,8 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
         "seeds": {"run": cfg.seed, "data": cfg.data_seed, "task_order": cfg.task_order_seed},
         "budget": {"steps_per_task": cfg.steps_per_task, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
                    "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "preset": cfg.preset,
-                   "processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision},
+                   "processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+                   "sharding": sharding.describe(accelerator)},
         "scoring_mode": cfg.scoring_mode,
         "accuracy_matrix": matrix,
         "matrix_rows": ["base"] + [s for s, _ in stages],

@@ -46,6 +46,8 @@ BUDGET_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
                            "help": "also train the vision-language projector in every task (CoIN's LoRA recipe option)"}),
     ("--compile", {"action": "store_true", "default": None,
                    "help": "train through torch.compile (off by default; meant for GPUs, needs a C++ compiler on CPU)"}),
+    ("--gradient-checkpointing", {"action": "store_true", "default": None,
+                                  "help": "recompute decoder activations in the backward pass (less memory, ~30% more compute)"}),
     ("--out", {"default": "results", "help": "results folder (records go to OUT/runs/)"}),
 )
 

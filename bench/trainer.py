@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from bench import sharding
 from bench.frozen import modules_fingerprint
 
 MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "labels")
@@ -74,10 +75,17 @@ def train_steps(model: nn.Module, params: Iterable[nn.Parameter], loader, steps:
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
     scheduler = cosine_with_warmup(optimizer, int(round(warmup_ratio * steps)), steps)
     # The model is wrapped (DDP) only when there is more than one process: methods change the
-    # module tree between tasks, so wrapping happens per task and the raw module stays the owner.
-    wrapped = accelerator.prepare_model(model) if accelerator.num_processes > 1 else model
+    # module tree between tasks, so wrapping happens per phase and the raw module stays the owner.
+    # Sharded (FSDP2, DeepSpeed ZeRO-1/2): model, optimizer, schedule and loader are prepared together,
+    # and FSDP's in-place sharding is undone when the phase ends (bench.sharding).
+    if sharding.kind(accelerator):
+        wrapped, optimizer, scheduler, loader, unshard, clip = sharding.prepare_phase(
+            accelerator, model, optimizer, scheduler, loader)
+    else:
+        wrapped = accelerator.prepare_model(model) if accelerator.num_processes > 1 else model
+        optimizer, scheduler, loader = accelerator.prepare(optimizer, scheduler, loader)
+        unshard, clip = (lambda: None), params
     forward = compiled_forward(wrapped, desc) if compile else wrapped
-    optimizer, scheduler, loader = accelerator.prepare(optimizer, scheduler, loader)
     model.train()
     batches = _cycle(loader)
     running = torch.zeros((), device=accelerator.device)
@@ -98,7 +106,7 @@ def train_steps(model: nn.Module, params: Iterable[nn.Parameter], loader, steps:
                     loss = loss + aux
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and max_grad_norm:
-                    accelerator.clip_grad_norm_(params, max_grad_norm)
+                    sharding.clip_grad_norm(accelerator, clip, max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -115,11 +123,24 @@ def train_steps(model: nn.Module, params: Iterable[nn.Parameter], loader, steps:
     loop_seconds = time.perf_counter() - start
     bar.close()
     accelerator.wait_for_everyone()
+    unshard()  # FSDP: whole trained parameters back in the method's own parameter objects
     # accelerate keeps every prepared optimizer/loader alive; a continual run prepares one per task.
     _release(accelerator)
     model.eval()
     return TrainStats(steps=steps, seconds=time.perf_counter() - start, trained_parameters=n_trained, loss_curve=curve,
                       loop_seconds=loop_seconds)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """transformers' gradient checkpointing: each decoder layer's activations are recomputed in the
+    backward pass instead of kept (``--gradient-checkpointing``). It acts only in training mode, so
+    evaluation and a method's probing forwards are unchanged. Non-reentrant: frozen inputs need no
+    gradient, and the RNG state is replayed, so stochastic routing recomputes the same choices. A MoE
+    layer's usage counters see each training token twice (the fractions they report are unchanged)."""
+    inner = getattr(model, "module", model)
+    if not getattr(inner, "supports_gradient_checkpointing", False):
+        raise RuntimeError(f"--gradient-checkpointing: {type(inner).__name__} does not support gradient checkpointing")
+    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _release(accelerator) -> None:
