@@ -43,6 +43,23 @@ def test_train_steps_equals_a_plain_loop_bit_for_bit():
     assert 0 < stats.loop_seconds <= stats.seconds
 
 
+def test_gradient_checkpointing_trains_the_same_parameters():
+    """Recomputing the decoder's activations in backward gives the same training (float rounding
+    aside: the recomputed forward runs the same kernels on the same inputs), and evaluation-mode
+    forwards are untouched by it."""
+    from bench.trainer import enable_gradient_checkpointing
+
+    data = batches()
+    a, b = micro_llava(0), micro_llava(0)
+    enable_gradient_checkpointing(b)
+    assert b.model.language_model.gradient_checkpointing
+    sa = train_steps(a, trainable(a), data, 4, accelerator=Accelerator(cpu=True), lr=1e-3, log_every=1)
+    sb = train_steps(b, trainable(b), data, 4, accelerator=Accelerator(cpu=True), lr=1e-3, log_every=1)
+    assert sa.loss_curve == pytest.approx(sb.loss_curve, rel=1e-5)
+    for (n, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-6), n
+
+
 def test_bf16_autocast_trains_and_decodes_on_cpu():
     from accelerate.state import AcceleratorState
 
