@@ -67,7 +67,7 @@ def train_task(model: nn.Module, method, task_index: int, task, loader, steps: i
         if phase.counts_as_trained:
             trained.update((id(p), p.numel()) for p in params)
             evolved.update((id(p), p.numel()) for p in phase.evolving)
-        phase_lr = lr if phase.lr is None else phase.lr
+        phase_lr = lr * method.hp.lr_scale if phase.lr is None else phase.lr
         if around_phase:
             around_phase[0]()
         stats = train_steps(model, params, phase.loader if phase.loader is not None else loader, phase.steps,

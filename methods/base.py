@@ -61,7 +61,19 @@ class TrainingPhase:
 
 @dataclass
 class MethodHParams:
-    """Base class of every method's hyper-parameter dataclass: ``--set key=value`` fills its fields."""
+    """Base class of every method's hyper-parameter dataclass: ``--set key=value`` fills its fields.
+
+    ``lr_scale``: the method's peak learning rate as a multiple of the budget's ``--lr``. The budget
+    (steps, batch, lr) is shared by every method of a comparison; a parameterisation whose effective
+    step differs from a plain LoRA's (a dense mixture of N low-rank experts moves each expert's
+    contribution by about 1/N per AdamW step) declares its multiple here, measured by training loss on
+    the training stream, never by test accuracy. A phase with its own ``lr`` is not scaled."""
+
+    lr_scale: float = 1.0
+
+    def validate(self) -> None:
+        if not self.lr_scale > 0:
+            raise ValueError(f"lr_scale must be > 0, got {self.lr_scale}")
 
 
 class ContinualMethod:

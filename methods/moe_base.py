@@ -26,6 +26,7 @@ class MoEHParams(MethodHParams):
     dispatch: str = "fast"  # "fast" (sorted) or "eager" (reference)
 
     def validate(self) -> None:
+        super().validate()
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.aux_loss_coef < 0:

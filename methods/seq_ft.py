@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.lora import LoRASpec, inject_lora
+from bench.lora import DECODER_LINEARS, LoRASpec, inject_lora
 from methods import register
 from methods.base import ContinualMethod, MethodHParams
 
@@ -14,12 +14,19 @@ class LoRAHParams(MethodHParams):
     rank: int = 16  # CoIN uses r=128 on a 7B model; 16 on the d=128 tiny decoder (a knob)
     alpha: float = 32.0  # CoIN's alpha = 2r
     dropout: float = 0.0
+    # The wrapped decoder linears. The default is CoIN's (every linear); the FFN's three alone are the
+    # ablation that gives the LoRA the same reach as the FFN-expert methods (attention stays frozen).
+    targets: tuple[str, ...] = DECODER_LINEARS
 
     def validate(self) -> None:
+        super().validate()
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        unknown = set(self.targets) - set(DECODER_LINEARS)
+        if not self.targets or unknown:
+            raise ValueError(f"targets must be a non-empty subset of {','.join(DECODER_LINEARS)}, got {self.targets}")
 
 
 @register("seq-ft")
@@ -28,7 +35,8 @@ class SequentialFineTuning(ContinualMethod):
 
     def attach(self, model, ctx) -> None:
         super().attach(model, ctx)
-        self.adapters = inject_lora(model, LoRASpec(rank=self.hp.rank, alpha=self.hp.alpha, dropout=self.hp.dropout))
+        self.adapters = inject_lora(model, LoRASpec(rank=self.hp.rank, alpha=self.hp.alpha, dropout=self.hp.dropout,
+                                                      targets=tuple(self.hp.targets)))
         for a in self.adapters:
             a.lora_A.requires_grad_(True)
             a.lora_B.requires_grad_(True)

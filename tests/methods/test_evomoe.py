@@ -58,6 +58,8 @@ def batches(n: int, seed: int = 0, B: int = 2) -> list[dict[str, torch.Tensor]]:
 
 
 def attached(model=None, run_seed: int = 0, **hp):
+    """An attached EvoMoE; the phase tests use an even split of their 4 steps (evolution 2, router 2)."""
+    hp.setdefault("evolution_fraction", 0.5)
     model = model if model is not None else tiny_llava()
     method = methods.build("evomoe", {k: str(v) for k, v in hp.items()})
     method.attach(model, MethodContext(num_tasks=2, steps_per_task=STEPS, device=torch.device("cpu"),
@@ -210,6 +212,16 @@ def test_phases_with_the_harness_trainer(accelerator):
     assert json.dumps(report)
 
 
+def test_lr_scale_multiplies_every_phase_learning_rate(accelerator):
+    """``lr_scale`` (a field of every method's hyper-parameters) scales the budget lr of each phase."""
+    model, method = attached(lr_scale=3)
+    done = train_task(model, method, accelerator, 0, batches(STEPS))
+    assert [(name, lr) for name, lr, _ in done.phases] == [("evolution", pytest.approx(3e-2)),
+                                                          ("router", pytest.approx(3e-2))]
+    with pytest.raises(methods.MethodError):
+        methods.build("evomoe", {"lr_scale": "0"})
+
+
 # --- DTR: image and text tokens with the same hidden state ----------------------------------------
 @pytest.mark.parametrize("router", ["dtr", "linear"])
 def test_router_sees_token_types_through_before_forward(router):
@@ -316,7 +328,7 @@ def test_hyperparameter_validation():
             methods.build("evomoe", bad)
     hp = methods.hparams_for("evomoe", {"beta_ranges": "0.5,0.6,0.1,0.2,0,0"})
     assert hp.pairs() == [(0.5, 0.6), (0.1, 0.2), (0.0, 0.0)]
-    assert (hp.top_k, hp.aux_loss_coef, hp.num_experts, hp.evolution_fraction) == (1, 0.001, 4, 0.5)
+    assert (hp.top_k, hp.aux_loss_coef, hp.num_experts, hp.evolution_fraction) == (1, 0.001, 4, 0.8)
 
 
 # --- end to end -------------------------------------------------------------------------------------
