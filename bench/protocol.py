@@ -84,7 +84,9 @@ def evaluate_all(model, method, backbone, test_sets: dict[str, tuple[Any, Encode
     """Greedy answers for every test record of every task, scored by the task's official rule.
 
     With several processes each rank decodes its own shard of every test set and the predictions are
-    gathered on every rank before scoring, so all ranks score the same full set."""
+    gathered on every rank before scoring, so all ranks score the same full set. Each task's entry holds
+    the accuracy, the denominator ``n``, three example answers and every test record's score in the
+    test split's order (``per_sample``, packed by ``bench.records.encode_scores``)."""
     out = {}
     for index, (name, (task, encoded)) in enumerate(test_sets.items()):
         loader = eval_loader(backbone, encoded, cfg.eval_batch_size, indices=_shard(len(encoded), accelerator))
@@ -100,7 +102,8 @@ def evaluate_all(model, method, backbone, test_sets: dict[str, tuple[Any, Encode
             method.set_eval_task(None)
         predictions = [backbone.decode(ids[i]) for i in range(len(encoded))]
         result = task.score(predictions, encoded.split, mode=cfg.scoring_mode)
-        out[name] = {"accuracy": result.accuracy, "n": result.n, "examples": predictions[:3]}
+        out[name] = {"accuracy": result.accuracy, "n": result.n, "examples": predictions[:3],
+                     "per_sample": records.encode_scores(result.per_sample, result.counted)}
         report = method.evaluation_report(name)
         if report:
             out[name]["method"] = report

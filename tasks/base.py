@@ -97,7 +97,9 @@ def _row_to_record(row: dict[str, Any]) -> Record:
 @dataclass(frozen=True)
 class ScoreResult:
     """What a scorer returns. ``accuracy`` is a percentage; ``per_sample`` in [0, 1] aligned with the
-    references (soft for VQA accuracy); ``extras`` holds breakdowns (e.g. GQA per type)."""
+    references (soft for VQA accuracy); ``extras`` holds breakdowns (e.g. GQA per type). ``counted``
+    marks the ``per_sample`` entries the denominator ``n`` counts (None = all of them; GQA counts only
+    balanced questions), so ``accuracy == 100 * mean(per_sample[i] for i counted)``."""
 
     task: str
     mode: str
@@ -105,6 +107,7 @@ class ScoreResult:
     accuracy: float
     per_sample: list[float]
     extras: dict[str, Any] = field(default_factory=dict)
+    counted: list[bool] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task, "mode": self.mode, "n": self.n, "accuracy": self.accuracy, **self.extras}

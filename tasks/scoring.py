@@ -326,9 +326,9 @@ def _size(task: str, index: int, ref: dict[str, Any]) -> list[float]:
 
 
 def _result(task: str, mode: str, per_sample: list[float], n: int, accuracy: float, missing: int,
-            **extras: Any) -> ScoreResult:
+            counted: list[bool] | None = None, **extras: Any) -> ScoreResult:
     return ScoreResult(task=task, mode=mode, n=n, accuracy=accuracy, per_sample=per_sample,
-                       extras={"missing": missing, **extras})
+                       extras={"missing": missing, **extras}, counted=counted)
 
 
 def _pct_right_over_total(right: float, total: int) -> float:
@@ -430,6 +430,7 @@ def score_gqa(predictions: Sequence[str | None], references: Sequence[dict[str, 
     binary/open and per structural / semantic type breakdowns when ``types`` are given."""
     per_sample: list[float] = []
     balanced: list[float] = []
+    counted: list[bool] = []
     groups: dict[str, dict[str, list[float]]] = {"structural": {}, "semantic": {}}
     answer_kind: dict[str, list[float]] = {"binary": [], "open": []}
     for i, (pred, ref) in enumerate(zip(predictions, references)):
@@ -441,7 +442,8 @@ def score_gqa(predictions: Sequence[str | None], references: Sequence[dict[str, 
         else:
             ok = clean_normalize(pred) == clean_normalize(gold)
         per_sample.append(float(ok))
-        if not ref.get("is_balanced", True):
+        counted.append(bool(ref.get("is_balanced", True)))
+        if not counted[-1]:
             continue  # eval_gqa.py scores only balanced questions
         balanced.append(float(ok))
         types = ref.get("types")
@@ -456,7 +458,7 @@ def score_gqa(predictions: Sequence[str | None], references: Sequence[dict[str, 
         for key, table in groups.items():
             extras[f"per_{key}_type"] = {t: [_gqa_avg_pct(v), len(v)] for t, v in sorted(table.items())}
     return _result("gqa", mode, per_sample, len(balanced), _gqa_avg_pct(balanced), _count_missing(predictions),
-                   **extras)
+                   counted=counted, **extras)
 
 
 def _exact_or_soft_clean(task: str, i: int, pred: str, ref: dict[str, Any]) -> float:

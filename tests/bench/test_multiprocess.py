@@ -16,7 +16,7 @@ import pytest
 
 from bench import checkpoint
 from bench.protocol import run
-from bench.records import read_record
+from bench.records import decode_scores, per_sample_accuracy, read_record
 
 ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 15.0
@@ -48,5 +48,12 @@ def test_two_processes_write_one_record_close_to_the_single_process_run(tiny_con
     assert checkpoint.finished_tasks(out / "runs" / multi["run_id"]) == [0, 1]
     assert [sorted(r) for r in multi["scores"]] == [sorted(r) for r in single["scores"]]
     assert all(multi["scores"][i][n]["n"] == single["scores"][i][n]["n"] for i in range(3) for n in single["tasks"])
+    # the gathered predictions are scored in the test split's order: one per-sample score per record,
+    # whose mean is the matrix entry
+    for row, scores in zip(multi["accuracy_matrix"], multi["scores"]):
+        for name, accuracy in zip(multi["tasks"], row):
+            assert len(decode_scores(scores[name]["per_sample"])) == len(decode_scores(
+                single["scores"][0][name]["per_sample"]))
+            assert per_sample_accuracy(scores[name]["per_sample"]) == pytest.approx(accuracy, abs=1e-4)
     for a, b in zip(multi["accuracy_matrix"], single["accuracy_matrix"]):
         assert all(abs(x - y) <= TOLERANCE for x, y in zip(a, b)), (multi["accuracy_matrix"], single["accuracy_matrix"])

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from bench.protocol import run
-from bench.records import RecordError, atomic_write_text, read_record
+from bench.records import RecordError, atomic_write_text, decode_scores, per_sample_accuracy, read_record
 
 
 def test_same_config_and_seed_give_identical_results(tiny_config):
@@ -22,6 +22,13 @@ def test_same_config_and_seed_give_identical_results(tiny_config):
     assert a["matrix_rows"] == ["base", "vqav2", "imagenet"]
     assert a["backbone"]["stage0"]["key"] and a["backbone"]["config_hash"]
     assert set(a["wall_time"]) >= {"stage0", "data", "training", "evaluation", "total"}
+    # every row's entry keeps each test record's score; its mean is the matrix entry
+    for row, scores in zip(a["accuracy_matrix"], a["scores"]):
+        for name, accuracy in zip(a["tasks"], row):
+            decoded = decode_scores(scores[name]["per_sample"])
+            assert len(decoded) == a["data"]["splits"][name]["test"]["n"]
+            assert per_sample_accuracy(scores[name]["per_sample"]) == pytest.approx(accuracy, abs=1e-4)
+    assert [s["imagenet"]["per_sample"] for s in a["scores"]] == [s["imagenet"]["per_sample"] for s in b["scores"]]
 
 
 def test_task_order_seed_permutes_tasks(tiny_config):
