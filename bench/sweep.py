@@ -1,4 +1,5 @@
-"""``python -m bench sweep``: every (method, seed) of one budget, sequentially in one process.
+"""``python -m bench sweep``: every (method, seed) of one budget, sequentially in one process, or one
+submitit job per run (``--launcher local|slurm``, bench/jobs.py), or one part of it (``--shard K/N``).
 
 Each run is exactly a standalone ``python -m bench run``: ``bench.protocol.run`` builds a fresh base
 model from the stage-0 cache for every run (methods mutate the model they are attached to, so nothing
@@ -199,6 +200,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         sw.add_argument(flag, **kwargs)
     sw.add_argument("--dry-run", action="store_true", help="list what would run and what would be skipped")
     sw.add_argument("--no-plots", action="store_true", help="regenerate the leaderboard without the PNGs")
+    sw.add_argument("--shard", metavar="K/N", help="run only the K-th of N interleaved parts of the sweep (any scheduler)")
+    cl = sw.add_argument_group("cluster (submitit; bench/jobs.py)")
+    cl.add_argument("--launcher", choices=["none", "local", "slurm"], default="none",
+                    help="none: every run in this process; local: one submitit job at a time on this machine; "
+                         "slurm: one SLURM job per run (a job array), requeued and resumed after preemption")
+    cl.add_argument("--gpus-per-run", type=int, default=None, help="GPUs (processes) per run; default 1 on slurm, 0 local")
+    cl.add_argument("--accelerate-config", metavar="FILE",
+                    help="accelerate config each job launches its run with (e.g. bench/configs/fsdp-8gpu.yaml)")
+    cl.add_argument("--timeout-min", type=int, default=24 * 60, help="time limit per job in minutes")
+    cl.add_argument("--partition", help="SLURM partition")
+    cl.add_argument("--account", help="SLURM account")
+    cl.add_argument("--qos", help="SLURM QOS")
+    cl.add_argument("--cpus-per-run", type=int, help="CPUs per job")
+    cl.add_argument("--mem-gb", type=int, help="memory per job in GB")
+    cl.add_argument("--array-parallelism", type=int, help="at most this many of the array's jobs at once")
+    cl.add_argument("--log-dir", help="submitit's job files and logs (default OUT/submitit)")
+    cl.add_argument("--wait", action="store_true", help="slurm: wait for every job, then regenerate the leaderboard")
     sw.set_defaults(func=command)
 
 
@@ -219,12 +237,42 @@ def run_sweep(planned: list[PlannedRun], out_dir: Path, *, plots: bool = True, p
 
 
 def command(args: argparse.Namespace) -> int:
-    planned = plan(resolve_methods(args.methods), parse_seeds(args.seeds), args.preset, overrides_from_args(args))
+    from bench.jobs import parse_shard, shard, submit
+
+    part = parse_shard(args.shard)
+    planned = shard(plan(resolve_methods(args.methods), parse_seeds(args.seeds), args.preset,
+                         overrides_from_args(args)), part)
+    if part:
+        print(f"shard {part[0]}/{part[1]}: {len(planned)} run(s) of the sweep", flush=True)
     print(describe_plan(planned), flush=True)
     if args.dry_run:
         return 0
+    out = Path(args.out)
+    merge = ("python -m bench leaderboard" if out == Path("results") else
+             f"python -m bench leaderboard --runs {out / 'runs'} --out {out}")
     start = time.perf_counter()
-    written, board = run_sweep(planned, Path(args.out), plots=not args.no_plots)
+    if args.launcher == "none":
+        if part:  # other shards may still be running: the leaderboard is rendered once they are all done
+            written = execute(planned)
+            print(f"sweep: {len(written)} run(s) in {time.perf_counter() - start:.1f} s; records in {out / 'runs'}; "
+                  f"when every shard is done: {merge}")
+            return 0
+        written, board = run_sweep(planned, out, plots=not args.no_plots)
+    else:
+        gpus = args.gpus_per_run if args.gpus_per_run is not None else (1 if args.launcher == "slurm" else 0)
+        folder = Path(args.log_dir) if args.log_dir else out / "submitit"
+        jobs, written = submit(planned, args.launcher, folder, processes=max(1, gpus),
+                               accelerate_config=args.accelerate_config, wait=args.wait or args.launcher == "local",
+                               gpus_per_run=gpus, timeout_min=args.timeout_min, partition=args.partition,
+                               cpus_per_run=args.cpus_per_run, mem_gb=args.mem_gb,
+                               array_parallelism=args.array_parallelism, account=args.account, qos=args.qos)
+        if part or (args.launcher == "slurm" and not args.wait):
+            print(f"sweep: {len(jobs)} job(s) submitted (submitit files in {folder}); records land in {out / 'runs'}; "
+                  f"when every job is done: {merge}")
+            return 0
+        from bench.leaderboard import generate
+
+        board = generate(out / "runs", out, plots=not args.no_plots)
     print(f"sweep: {len(written)} run(s) in {time.perf_counter() - start:.1f} s")
     print(f"leaderboard: {board['records']} record(s) -> {board['markdown']}, {board['csv']}")
     return 0
