@@ -83,3 +83,35 @@ def test_run_job_resumes_an_interrupted_run(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(bench.protocol, "run", lambda c, resume=None: calls.append(resume) or Path("r.json"))
     assert job() == "r.json" and calls == [run_dir]
+
+
+def test_slurm_submission_is_one_job_array_with_the_run_flags(tmp_path, monkeypatch, capsys):
+    """On a machine without SLURM: stand-ins for srun and sbatch (sbatch keeps the script it is given and
+    answers like SLURM) show what `--launcher slurm` submits: one array of 2 jobs, 8 GPUs each, the
+    partition, time limit and array parallelism, every job a pickled RunJob of its run's config."""
+    import pickle
+    import stat
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path}/submitted.sh\necho 'Submitted batch job 4242'\n")
+    for f in bin_dir.iterdir():
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    out = tmp_path / "results"
+    config = str(Path(__file__).resolve().parents[2] / "bench" / "configs" / "fsdp-8gpu.yaml")
+    assert main(["sweep", "--methods", "cmoe", "--seeds", "0,1", *TINY, "--out", str(out), "--launcher", "slurm",
+                 "--gpus-per-run", "8", "--accelerate-config", config, "--partition", "gpu", "--timeout-min", "600",
+                 "--array-parallelism", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "job 4242_0: cmoe seed 0" in printed and "job 4242_1: cmoe seed 1" in printed
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("#SBATCH --array=0-1%1", "#SBATCH --gpus-per-node=8", "#SBATCH --partition=gpu",
+                 "#SBATCH --time=600", "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1"):
+        assert line in script, (line, script)
+    pickled = sorted((out / "submitit").rglob("*_submitted.pkl"))
+    assert len(pickled) == 2
+    jobs = [pickle.loads(p.read_bytes()).function for p in pickled]
+    assert sorted(j.config["seed"] for j in jobs) == [0, 1]
+    assert all(j.processes == 8 and j.accelerate_config == config and j.out == str(out) for j in jobs)
