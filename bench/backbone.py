@@ -2,7 +2,7 @@
 local llava-hf checkpoint, plus everything that turns task records into model inputs.
 
 Both paths end in the same :class:`Backbone` object, so the trainer, the methods and evaluation never
-know which one they run on. Prompts follow LLaVA-1.5's ``vicuna_v1`` turn format (coin.md Part B 1):
+know which one they run on. Prompts follow LLaVA-1.5's ``vicuna_v1`` turn format (CoIN's training data):
 ``USER: <image>\\n{prompt} ASSISTANT: {answer}</s>`` (the image line is omitted for text-only records).
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Stage 0: the shared dense starting point every method and seed begins from.
 
-CoIN starts from a LLaVA that has seen only alignment pretraining, never the eight tasks (coin.md
-Part B 1). The tiny analogue: build the tiny LLaVA from configs and train it densely on a
+CoIN starts from a LLaVA that has seen only alignment pretraining, never the eight tasks (its
+stage-1 checkpoint). The tiny analogue: build the tiny LLaVA from configs and train it densely on a
 caption-style mix (``tasks.synthetic.captions``) that is not one of the eight tasks. The weights are
 named by a key, a hash of everything that determines them (backbone config, tokenizer, stage-0
 recipe, data), and stored in safetensors. A local checkpoint (``--model``) is its own stage 0 and is

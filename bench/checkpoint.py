@@ -1,5 +1,5 @@
-"""Run directories and per-task checkpoints (design.md "records.py ... checkpoints for resume"; issue 9
-"Resume" and "Safe files"; issue 8 item 1).
+"""Run directories and per-task checkpoints: what a killed run needs to resume after its last
+finished task, written so that no reader ever sees half a file.
 
 Layout of one run (``run_id`` is fixed when the run starts; the record keeps its usual place)::
 
@@ -126,7 +126,7 @@ def read_run_config(run_dir: str | Path, cache_dir: str | None = None) -> RunCon
 def resume_config(run_dir: str | Path, given: dict[str, Any]) -> RunConfig:
     """The config to resume ``run_dir`` with: its config.json. ``given`` holds the settings the user
     passed explicitly (RunConfig field name -> value); one that differs from the run's is an error,
-    since a resumed run must be the run that was started (issue 9 item 1)."""
+    since a resumed run must be the run that was started."""
     from bench.config import ConfigError
 
     cfg = read_run_config(run_dir)

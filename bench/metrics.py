@@ -1,4 +1,4 @@
-"""Continual-learning metrics: pure functions of the accuracy matrix (spec methods.md Part A "Metrics").
+"""Continual-learning metrics: pure functions of the accuracy matrix.
 
 ``A`` has T+1 rows and T columns: ``A[0]`` is the base model before any task, ``A[i][j]`` the
 accuracy (percent) on task j after training through task i (both 1-indexed in the formulas below,

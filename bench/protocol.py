@@ -1,4 +1,4 @@
-"""The continual protocol (design.md, methods.md Part A):
+"""The continual protocol:
 
     row 0 = the base model on every task
     for each task t: begin_task -> train -> end_task -> evaluate every task -> row t of the matrix

@@ -1,4 +1,4 @@
-"""The run record: one JSON file per run (design.md "The run record"), written atomically, never
+"""The run record: one JSON file per run, written atomically, never
 overwritten; plus the small helpers that make every file write safe."""
 from __future__ import annotations
 

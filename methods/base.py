@@ -1,4 +1,4 @@
-"""The ContinualMethod interface (spec design.md "The method interface").
+"""The ContinualMethod interface.
 
 The harness calls, for a run over tasks 1..T:
 
@@ -13,7 +13,7 @@ The harness calls, for a run over tasks 1..T:
 
 ``train_loader`` yields model-ready batches (dicts of tensors: input_ids, attention_mask, pixel_values,
 labels, ...) that a method may iterate for probing or for fitting a task locator; a method must not
-keep those batches after ``end_task`` returns (no replay unless its spec says so).
+keep those batches after ``end_task`` returns (no replay unless the method is a replay method).
 """
 from __future__ import annotations
 
@@ -175,8 +175,8 @@ class ContinualMethod:
         return dataclasses.asdict(self.hp)
 
     # --- resume ----------------------------------------------------------------------------------
-    # One mechanism for every method (design.md "state_dict / load_state_dict: everything needed to
-    # resume after a task"; bench/checkpoint.py writes it): ``checkpoint_state`` returns the tensors the
+    # One mechanism for every method, so that any run can resume after a task (bench/checkpoint.py
+    # writes it): ``checkpoint_state`` returns the tensors the
     # method owns or trained plus JSON metadata, ``restore`` re-grows the structure from the metadata
     # and loads the tensors. The generic part lives here; a method only adds, through the two hooks
     # ``state_dict`` / ``load_state_dict``, what the model's own parameters cannot tell: its structure

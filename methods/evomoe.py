@@ -3,16 +3,16 @@ arXiv 2505.23830).
 
 Structure (installed once, when the first task begins): every MoE layer's FFN is copied into E experts
 (``FFNExperts.from_mlp``) and routed top-1 by a ``HyperRouter`` (DTR: image tokens through H^V, text
-tokens through H^T, shared projection φ to E logits; Part B §3 step 4). Expert 0 of the code is the
+tokens through H^T, shared projection φ to E logits; Eqs. 2-8). Expert 0 of the code is the
 paper's θ_1 (the trained FFN), experts 1..E-1 are θ_2..θ_E (the evolved ones).
 
-Every task t = 1..T splits its step budget S (Part A):
+Every task t = 1..T splits its step budget S:
 
     evolution phase, S_e = round(evolution_fraction · S) steps:
         dense on θ_1: router rows 1..E-1 are masked, so top-1 has one choice with probability 1 and
         the layer's output is exactly θ_1's FFN output. θ_1 trains; θ_2..θ_E get no gradient and after
         every optimiser step evolve (bench.moe.evolution):
-            ema     θ_n ← β θ_n + (1 − β) θ_1                 (default; Part A's reading of Eq. 1)
+            ema     θ_n ← β θ_n + (1 − β) θ_1                 (default; the project's reading of Eq. 1)
             scaled  θ_n ← θ_n + (1 − β) Δθ_1                  (``evolution_rule=scaled``)
         β redrawn each step, uniformly from expert n's range ([0.90,0.99], [0.80,0.89], [0.70,0.79]).
     router phase, the remaining S - S_e steps:
@@ -21,7 +21,7 @@ Every task t = 1..T splits its step budget S (Part A):
 
 Task t >= 2 continues from the current experts and router: θ_1 keeps training, θ_2..θ_E keep tracking
 it, the router is retrained for the new mix (nothing is re-copied; no mechanism against forgetting
-beyond what EvoMoE itself has, as Part A specifies).
+beyond what EvoMoE itself has).
 
 How the phases run. Each phase is a ``TrainingPhase`` (``training_phases``) that the shared trainer
 runs with its own AdamW and its own warm-up + cosine schedule over the phase's steps, so the router
@@ -29,7 +29,7 @@ phase trains on a full schedule of its own rather than on the tail of the evolut
 is installed at the first ``begin_task``: row 0 of the accuracy matrix is the dense stage-0 base, as
 for every other method.
 
-Ablations (Part B §3 Table 2):
+Ablations (the paper's Table 2):
   * ``router=linear``   — "expert evolution + linear router": a ``LinearRouter`` replaces the DTR.
   * ``experts=copied``  — "MoE-tuning + DTR": the E experts are plain copies of the FFN and, as in
     MoE-tuning, experts and router train together for the whole task budget (one joint phase, no
@@ -63,7 +63,7 @@ BETA_SEED_OFFSET = 0xE70
 
 @dataclass
 class EvoMoEHParams(MoEHParams):
-    """EvoMoE hyper-parameters (spec defaults; [INFERRED] = the project's choice, no source confirms it).
+    """EvoMoE hyper-parameters (the paper's defaults; [INFERRED] = the project's choice, no source confirms it).
 
     top_k               1 (paper Table 11: top-1 beats top-2). In the evolution phase the layer routes
                         top-1 regardless, since only θ_1 is routable.
@@ -77,7 +77,7 @@ class EvoMoEHParams(MoEHParams):
                         lagging copies; on the coin-mini stream (seed 0) the router phase moved the
                         training loss by at most 0.08 at 0.5, and the mean final training loss over the
                         eight tasks was 1.226 at 0.5 against 1.140 at 0.8.
-    evolution_rule      "ema" (Part A's reading of Eq. 1) or "scaled" (θ_n += (1 − β) Δθ_1).
+    evolution_rule      "ema" (the project's reading of Eq. 1) or "scaled" (θ_n += (1 − β) Δθ_1).
     beta_ranges         (0.90, 0.99, 0.80, 0.89, 0.70, 0.79): flat (lo, hi) pairs, one per evolved
                         expert, in expert order (paper); ``--set beta_ranges=0.9,0.99,...``.
     beta_per_layer      False [INFERRED]: one β per evolved expert per step, shared by all layers (the
@@ -85,9 +85,9 @@ class EvoMoEHParams(MoEHParams):
     router              "dtr" (HyperRouter) or "linear" (ablation "evolution + linear router").
     experts             "evolved" or "copied" (ablation "MoE-tuning + DTR": copies trained jointly with
                         the router for the whole task [INFERRED reading of Table 2]).
-    dtr_r, dtr_h, dtr_m 16, 4, 16 [INFERRED, Part B §3]: DTR bottleneck, hypernetwork basis size,
+    dtr_r, dtr_h, dtr_m 16, 4, 16 [INFERRED]: DTR bottleneck, hypernetwork basis size,
                         embedding size.
-    Capacity: dropless (Part A default for everything but MoE-LLaVA); router in float32.
+    Capacity: dropless (the harness default for everything but MoE-LLaVA); router in float32.
     """
 
     top_k: int = 1

@@ -3,7 +3,7 @@ layers, the weighted load-balancing loss, the image-token mask for token-aware r
 utilisation reports and the per-token activated-parameter count.
 
 Subclasses implement ``build_layer(index, mlp)`` (the MoEFFN replacing one decoder FFN) and their own
-task lifecycle; they differ only in what the spec says they differ in.
+task lifecycle; they differ only in the mechanism their paper adds.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""``moe-llava``: MoE-LLaVA's MoE-tuning run through the continual stream (spec methods.md Part A table,
-Part B section 2).
+"""``moe-llava``: MoE-LLaVA's MoE-tuning run through the continual stream (arXiv 2401.15947,
+PKU-YuanGroup/MoE-LLaVA).
 
 At the start of task 1 the FFN of every MoE layer (every other decoder layer by default, MoE-LLaVA's
 ``range(L)[::2]``) is deep-copied into E SwiGLU experts and gets a bias-free fp32 linear router
@@ -59,7 +59,7 @@ class MoELLaVAHParams(MoEHParams):
 class MoELLaVA(MoEMethod):
     """MoE-LLaVA's MoE-tuning on the continual stream (module docstring: the routing equations).
 
-    Hyper-parameters (``--set key=value``; defaults are the spec's):
+    Hyper-parameters (``--set key=value``; defaults are MoE-LLaVA's unless noted):
         num_experts=4              E, MoE-LLaVA's default.
         top_k=2                    experts per token.
         aux_loss_coef=0.01         MoE-LLaVA's ``router_aux_loss_coef``; summed over MoE layers.
@@ -67,12 +67,12 @@ class MoELLaVA(MoEMethod):
         capacity_factor_eval=2.0   DeepSpeed ``eval_capacity_factor``; ``none`` = dropless.
         min_capacity=0             DeepSpeed ``min_capacity`` as MoE-LLaVA sets it.
         second_choice_noise=True   Gumbel noise on the second choice, in training and in evaluation. This
-                                   is what DeepSpeed 0.9.5 ``top2gating`` does unconditionally (Part B
-                                   section 2 step 2), so the default follows it; evaluation is therefore
+                                   is what DeepSpeed 0.9.5 ``top2gating`` does unconditionally
+                                   (``sharded_moe.top2gating``), so the default follows it; evaluation is therefore
                                    stochastic (it draws from the global RNG, which the harness seeds).
         train_dense_ffns=False     MoE-LLaVA's Stage III selects trainable parameters by substring match
                                    (``gate_proj``, ``up_proj``, ``down_proj``, ``wg``), which also trains
-                                   the dense FFNs of the non-MoE layers. Part A (binding) says "trained:
+                                   the dense FFNs of the non-MoE layers. The paper says "trained:
                                    experts + routers", so the default leaves them frozen; ``true``
                                    reproduces the substring quirk.
         moe_layers="alternate"     which decoder layers become MoE ("alternate", "all" or "0,2").

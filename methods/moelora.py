@@ -1,4 +1,4 @@
-"""``moelora``: CoIN's MoELoRA baseline (spec methods.md Part A table; Part B section 4 "MoELoRA").
+"""``moelora``: CoIN's MoELoRA baseline (zackschen/CoIN, ``coinmoelora.py``).
 
 Every decoder linear W_0 (q, k, v, o, gate, up, down; not the vision tower, projector or lm_head) gets
 N LoRA experts of rank r / N and its own router, mixed densely (``bench.moe.moelora_linear``):

@@ -1,5 +1,5 @@
 """``seq-ft``: CoIN's lower bound. One LoRA adapter on every decoder linear, carried from task to task
-with no mechanism against forgetting (spec methods.md Part A table; Part B section 4 "Sequential LoRA")."""
+with no mechanism against forgetting (CoIN's "Sequential LoRA")."""
 from __future__ import annotations
 
 from dataclasses import dataclass

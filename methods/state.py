@@ -1,5 +1,5 @@
-"""The generic half of a method checkpoint (``ContinualMethod.checkpoint_state`` / ``restore``; issue 9
-"Resume", issue 8 item 1 "the method's trained parameters and state only, the base model referenced").
+"""The generic half of a method checkpoint (``ContinualMethod.checkpoint_state`` / ``restore``):
+the method's trained parameters and state only; the base model is referenced, never copied.
 
     tensors  model.<name>   every model tensor except untouched base-model tensors (LoRA factors,
                             experts, routers and their row masks, base tensors the harness trained)

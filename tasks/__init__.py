@@ -1,4 +1,4 @@
-"""Task registry: the eight CoIN tasks and the suites built from them (spec coin.md Part A)."""
+"""Task registry: the eight CoIN tasks and the suites built from them."""
 from __future__ import annotations
 
 from tasks.base import DataSpec, Record, ScoreResult, Task, TaskError, TaskSplit

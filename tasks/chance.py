@@ -1,7 +1,7 @@
 """Chance levels: how well the constant "most frequent training answer" predictor scores.
 
 coin-mini is only informative if a model must look at the image and read the question to score well,
-so every task's majority baseline must stay well below 50% (spec coin.md Part A). This module measures
+so every task's majority baseline must stay well below 50%. This module measures
 it with the tasks' official scorers: ``python -m tasks.chance [--data-seed N] [--mini-train N]
 [--mini-test N] [--cache-dir DIR]`` prints the table; ``chance_levels(spec, tasks)`` returns it, cached per
 process (the leaderboard's learnability gate reads it for every record of the same data).

@@ -1,7 +1,7 @@
 """Write coin-mini in the real CoIN file layout, so the real reader and scorers run on real-format files.
 
 ``python -m bench export --suite coin-mini --out DIR [--data-seed N] [--mini-train N] [--mini-test N]``
-writes (coin.md Part B 2.2-2.3)::
+writes (the layout of CoIN's released data)::
 
     DIR/Instructions_Original/<Task>/train.json        LLaVA conversations
     DIR/Instructions_Original/<Task>/test.json|val.json {"question_id", "image"?, "text", "answer"}

@@ -1,4 +1,4 @@
-"""Checkpoint round trip of a finished tiny run (issue 9 "Resume", issue 8 item 1), used by the
+"""Checkpoint round trip of a finished tiny run, used by the
 registry-driven test of every method: ``load_after_task`` must rebuild the stage-0 model, re-grow the
 method's structure (experts, per-task routers, VAEs, phases) and give bit-identical tensors,
 trainable flags, method state and model outputs to the live method after its last task."""

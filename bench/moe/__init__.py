@@ -1,4 +1,5 @@
-"""Shared MoE primitives (spec methods.md Part A "Common ground"; design.md ``bench/moe``).
+"""Shared MoE primitives: the pieces every MoE method is built from, so methods differ only in how
+they combine them.
 
 experts.py   SwiGLUExpert, LoRADelta; growable sets FFNExperts, LoRAExperts (output-delta experts)
 lora_ffn_experts.py  LoRAFFNExperts: the frozen FFN with a LoRA per expert on gate, up and down

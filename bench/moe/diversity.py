@@ -1,5 +1,5 @@
 """Expert diversity: how different the experts of a layer are (the "expert uniformity" EvoMoE claims to
-fix, spec methods.md Part B §3 (a)).
+fix).
 
 For experts e with all their parameters flattened into one vector v_e:
 

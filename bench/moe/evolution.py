@@ -1,5 +1,5 @@
-"""Expert evolution: experts that follow a trained expert without gradient (EvoMoE; spec methods.md
-Part A "EvoMoE details", Part B §3 step 2).
+"""Expert evolution: experts that follow a trained expert without gradient (EvoMoE,
+arXiv 2505.23830, Eq. 1).
 
 After every optimiser step on the trained expert θ_1, every evolved expert θ_n moves towards it:
 

@@ -74,7 +74,7 @@ class SwiGLUExpert(nn.Module):
 class LoRADelta(nn.Module):
     """One LoRA expert: ``Δ(x) = (alpha / r) · B (A x)``; A is r×d_in, B is d_out×r.
 
-    Init (spec Part B §4, CoIN MoELoRA / peft): B = 0 so the expert adds nothing until trained;
+    Init (CoIN MoELoRA / peft): B = 0 so the expert adds nothing until trained;
     A is ``kaiming`` (peft's default: kaiming-uniform with a=sqrt(5)) or ``normal`` (N(0, 0.01²),
     CoIN's MoELoRA; "0.01" read as the standard deviation).
     """
@@ -255,7 +255,7 @@ class LoRAExperts(ExpertSet):
     """LoRA-delta experts on a frozen base module.
 
     With ``base`` set (residual-base mode) the MoE layer computes ``y = base(h) + Σ_k w_k Δ_k(h)``
-    (spec Part B §1 step 1). The base is frozen here and never trained by this set.
+    (LLaVA-CMoE's experts: LoRA deltas on the shared frozen FFN). The base is frozen here and never trained by this set.
     """
 
     def __init__(self, d_in: int, d_out: int, num_experts: int, r: int, alpha: float,
@@ -287,7 +287,7 @@ class LoRAExperts(ExpertSet):
         return None if self.base is None else self.base(x)
 
     def mix_dense(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Dense soft mixing ``Σ_e weights[:, e] · Δ_e(x)`` (CoIN MoELoRA, spec Part B §4).
+        """Dense soft mixing ``Σ_e weights[:, e] · Δ_e(x)`` (CoIN MoELoRA).
 
         Stacks the (small) LoRA factors so all experts run as two matmuls:
         ``H = x A_all^T`` [N, E·r], scaled per expert by its weight, then ``H B_all^T``.

@@ -1,4 +1,4 @@
-"""Top-k gating with optional capacity, and the load-balancing loss (spec Part B §2, DeepSpeed top2gating).
+"""Top-k gating with optional capacity, and the load-balancing loss (DeepSpeed 0.9.5 top2gating).
 
 ``top_k_gating`` turns router logits into a routing plan, the ``MoEOutput`` that both dispatch paths
 consume and that the MoE layer records after every forward. For k = 2 with a capacity factor and

@@ -1,4 +1,5 @@
-"""Putting MoE layers into a LLaVA decoder (spec Part A: MoE in every other decoder layer by default).
+"""Putting MoE layers into a LLaVA decoder (by default every other decoder layer, as
+MoE-LLaVA).
 
 Methods only change ``language_model.layers[i].mlp``; these helpers find those layers, pick the MoE
 ones (``"alternate"`` = 0, 2, 4, ... as MoE-LLaVA's ``range(L)[::2]``, ``"all"``, or explicit ids) and

@@ -1,5 +1,5 @@
-"""``MoELoRALinear``: CoIN's MoELoRA on one linear layer (spec methods.md Part B section 4;
-zackschen/CoIN ``CoIN/peft/tuners/coinmoelora.py``, ``CoINMOELoraLinear.forward``).
+"""``MoELoRALinear``: CoIN's MoELoRA on one linear layer
+(zackschen/CoIN ``CoIN/peft/tuners/coinmoelora.py``, ``CoINMOELoraLinear.forward``).
 
     y = W_0 x + sum_e softmax(R x)_e * (alpha / r) * B_e A_e dropout(x)
 

@@ -1,4 +1,4 @@
-"""Routers: hidden states -> router logits [N, E] (spec Part B §2 and §3).
+"""Routers: hidden states -> router logits [N, E] (MoE-LLaVA's ``wg``, EvoMoE's DTR).
 
 Every router has the same call: ``router(x [N, d], image_mask [N] bool | None) -> logits [N, E]``
 (a router with ``takes_token_split`` also accepts ``split=``, the batch's shared ``TokenSplit``).
@@ -172,7 +172,8 @@ class LinearRouter(nn.Module):
 
 
 class TokenHypernet(nn.Module):
-    """One DTR hypernetwork ``H(u)``, "basis" form (spec Part B §3, shapes [INFERRED]).
+    """One DTR hypernetwork ``H(u)``, "basis" form (EvoMoE Eqs. 2-8; the shapes are the
+project's choice, the paper does not give them).
 
     ``a = W1 u + b1`` (h coefficients); with ``c = [1, a]``:
 
@@ -210,7 +211,7 @@ class TokenHypernet(nn.Module):
 
 
 class HyperRouter(nn.Module):
-    """EvoMoE's Dynamic Token-aware Router (spec Part B §3, Eqs. 2-8).
+    """EvoMoE's Dynamic Token-aware Router (arXiv 2505.23830, Eqs. 2-8).
 
     Image tokens (``image_mask`` True) go through ``H^V``, all others through ``H^T``; both produce an
     m-dim embedding ``e`` that the shared projection ``φ`` (a ``LinearRouter``, so rows can be appended

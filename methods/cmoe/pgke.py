@@ -1,5 +1,5 @@
-"""LLaVA-CMoE's Probe-Guided Knowledge Extension (spec methods.md Part A "LLaVA-CMoE defaults",
-Part B §1 steps 3-5): which MoE layers get a new expert for task t, and how it is initialised.
+"""LLaVA-CMoE's Probe-Guided Knowledge Extension (LLaVA-CMoE, arXiv
+2503.21227): which MoE layers get a new expert for task t, and how it is initialised.
 
     probe       one fresh LoRA expert per MoE layer, appended after the (frozen) old experts
     probe router R~_l = [R_l^{t-1}; one fresh row]      (trainable copy; the row is nn.Linear-init)

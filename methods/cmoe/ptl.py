@@ -1,5 +1,5 @@
-"""LLaVA-CMoE's Probabilistic Task Locator (spec methods.md Part A "LLaVA-CMoE defaults", Part B §1
-steps 7-8): one small VAE per task on the base model's last-prompt-token feature; at test time every
+"""LLaVA-CMoE's Probabilistic Task Locator (arXiv 2503.21227): one small VAE per
+task on the base model's last-prompt-token feature; at test time every
 sample goes to the task whose z-scored reconstruction error is lowest.
 
     F_end(x)  = last-layer hidden state (after the final norm) of the base model at the last prompt token

@@ -1,5 +1,4 @@
-"""CLI: user errors are one paragraph on stderr with exit code 2 and leave no record behind (issue 9
-item 4: names, values, budgets, data root, malformed CoIN files, missing images, unwritable output)."""
+"""CLI: user errors are one paragraph on stderr with exit code 2 and leave no record behind (names, values, budgets, data root, malformed CoIN files, missing images, unwritable output)."""
 from __future__ import annotations
 
 import json

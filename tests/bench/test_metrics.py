@@ -1,4 +1,4 @@
-"""Metrics against matrices computed by hand (methods.md Part A "Metrics")."""
+"""Metrics against matrices computed by hand."""
 import math
 
 import pytest

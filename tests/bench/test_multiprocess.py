@@ -1,4 +1,4 @@
-"""Multi-process runs (issue 9 item 5): ``accelerate launch --multi_gpu --num_processes 2`` on a CPU
+"""Multi-process runs: ``accelerate launch --multi_gpu --num_processes 2`` on a CPU
 machine (torchrun + gloo) trains data-parallel, evaluates sharded and writes exactly one record and one
 set of checkpoints. Tolerance against the single-process run: every matrix entry within 15 points
 (each rank draws its own batches, so the effective batch doubles and the data order differs; the

@@ -1,4 +1,4 @@
-"""GPU readiness (issue 10 item 4): a training step reads no tensor values back to the host in this
+"""GPU readiness: a training step reads no tensor values back to the host in this
 project's code, except the per-expert batch sizes an MoE layer dispatches by (and, for the methods
 that need them, the kept assignments under a capacity and the DTR router's image/text split)."""
 import pytest

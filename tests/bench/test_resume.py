@@ -1,4 +1,4 @@
-"""Resume (issue 9 item 1): a real run killed with SIGKILL during task 3 and resumed with
+"""Resume: a real run killed with SIGKILL during task 3 and resumed with
 ``python -m bench run --resume RUN_DIR`` ends with exactly the record of an uninterrupted run."""
 from __future__ import annotations
 
