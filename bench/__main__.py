@@ -6,13 +6,7 @@ paragraph on stderr with exit code 2; nothing is written in that case.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-# Nothing is ever fetched from a hub: set before transformers/datasets are imported.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
+from torch import nn
 
 from bench.config import BackboneSpec, stable_hash
 
@@ -82,6 +83,20 @@ class Backbone:
 # --------------------------------------------------------------------------------------------------
 # tiny backbone
 # --------------------------------------------------------------------------------------------------
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a ``LlavaForConditionalGeneration`` (or a bare Llama model)."""
+    for path in ("model.language_model.layers", "language_model.layers", "model.layers", "layers"):
+        obj = model
+        try:
+            for attr in path.split("."):
+                obj = getattr(obj, attr)
+        except AttributeError:
+            continue
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise AttributeError(f"no decoder layers found in {type(model).__name__}")
+
+
 def tiny_configs(spec: BackboneSpec, tokenizer) -> Any:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 

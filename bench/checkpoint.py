@@ -20,11 +20,9 @@ tensors are safetensors, metadata is JSON. A truncated, corrupted or mismatched 
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import tempfile
@@ -32,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from bench.config import RunConfig
 from bench.records import RecordError, atomic_write_text
+from bench.rng import set_rng_state
 
 FORMAT = 1
 TENSORS, STATE, CONFIG = "method.safetensors", "state.json", "config.json"
@@ -65,39 +63,6 @@ def finished_tasks(run_dir: str | Path) -> list[int]:
         return []
     found = (_TASK_DIR.match(p.name) for p in run_dir.iterdir() if p.is_dir())
     return sorted(int(m.group(1)) for m in found if m)
-
-
-# --------------------------------------------------------------------------------------------------
-# RNG states (JSON-able)
-# --------------------------------------------------------------------------------------------------
-def _b64(t: torch.Tensor) -> str:
-    return base64.b64encode(t.cpu().numpy().tobytes()).decode()
-
-
-def _unb64(s: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
-
-
-def rng_state() -> dict[str, Any]:
-    """python ``random``, numpy and torch (CPU and every CUDA device) generator states."""
-    version, mt, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {"python": [version, list(mt), gauss],
-                             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-                             "torch": _b64(torch.get_rng_state())}
-    if torch.cuda.is_available():
-        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, mt, gauss = state["python"]
-    random.setstate((version, tuple(mt), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(_unb64(state["torch"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,12 +244,6 @@ class LoadedRun:
     task_index: int
     accelerator: Any
     state: dict[str, Any] = field(repr=False, default_factory=dict)  # the checkpoint's state.json
-
-    @property
-    def recorded_row(self) -> dict[str, float]:
-        """The accuracy row the run recorded right after this stage: {task name: accuracy}."""
-        row = self.state["progress"]["rows"][self.task_index + 1]
-        return {n: row[n]["accuracy"] for n in self.task_names}
 
 
 def evaluate_loaded(loaded: LoadedRun) -> dict[str, dict[str, Any]]:

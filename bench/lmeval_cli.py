@@ -9,13 +9,8 @@ metadata, so the CoIN configs read that run's own test split. Nothing is downloa
 """
 from __future__ import annotations
 
-import os
-
 
 def main() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import bench.lmeval  # noqa: F401  (registers the "cmb" model)
     from lm_eval.__main__ import cli_evaluate
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
+
+from bench.rng import preserved_rng
 
 TASKS_DIR = Path(__file__).parent / "lmeval_tasks"
 TRACK_PREFIX = "lmeval:"
@@ -27,24 +27,6 @@ def task_manager(include: Sequence[str] = (), builtin: bool = False, metadata: d
 
     paths = [str(TASKS_DIR), *[str(p) for p in include]]
     return TaskManager(include_defaults=builtin, include_path=paths, metadata=metadata or None)
-
-
-@contextmanager
-def preserved_rng() -> Iterator[None]:
-    """Leave python/numpy/torch generators as they were (a tracked evaluation must not change training)."""
-    import numpy as np
-    import torch
-
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
 
 
 def evaluate(lm, tasks: Sequence[str], *, manager=None, limit: int | float | None = None,

@@ -19,7 +19,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.backbone import decoder_layers
+
 DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def init_lora_A(weight: torch.Tensor, init: str = "kaiming") -> None:
+    """Initialise a LoRA down-projection A in place (B starts at zero, so ``B A = 0`` either way).
+
+    ``kaiming``: kaiming-uniform with a = sqrt(5), peft's default; ``normal``: N(0, 0.01²), CoIN's
+    MoELoRA ("0.01" read as the standard deviation)."""
+    if init == "kaiming":
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    elif init == "normal":
+        nn.init.normal_(weight, std=0.01)
+    else:
+        raise ValueError(f"unknown LoRA init {init!r}: use 'kaiming' or 'normal'")
 
 
 class LoRALinear(nn.Module):
@@ -29,7 +44,7 @@ class LoRALinear(nn.Module):
         self.rank, self.scale = rank, alpha / rank
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, dtype=base.weight.dtype,
                                                device=base.weight.device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        init_lora_A(self.lora_A, "kaiming")
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype,
                                                device=base.weight.device))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -68,13 +83,6 @@ class LoRASpec:
     alpha: float = 32.0
     dropout: float = 0.0
     targets: tuple[str, ...] = DECODER_LINEARS
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The Llama decoder layers of a LlavaForConditionalGeneration (transformers >= 4.52 layout)."""
-    inner = model.model if hasattr(model, "model") else model
-    lm = inner.language_model if hasattr(inner, "language_model") else inner
-    return lm.layers
 
 
 def inject_lora(model: nn.Module, spec: LoRASpec) -> list[LoRALinear]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import torch
 from torch import nn
 
 METRIC_DEFS_VERSION = 1
@@ -82,9 +81,3 @@ def count_parameters(model: nn.Module, method: Any = None) -> dict[str, int]:
                  for p in (getattr(inner, name).parameters() if hasattr(inner, name) else []))
     inactive = method.inactive_parameters_per_token() if method is not None else 0
     return {"total": total, "trained": trained, "activated_per_token": total - vision - inactive}
-
-
-def parameters_differ(before: dict[str, torch.Tensor], model: nn.Module) -> list[str]:
-    """Names of parameters whose values differ from a snapshot (frozen-means-frozen checks)."""
-    now = dict(model.named_parameters())
-    return [n for n, v in before.items() if n in now and not torch.equal(v, now[n].detach().cpu())]

@@ -26,6 +26,7 @@ from bench.config import RunConfig
 from bench.data import ConcatEncoded, EncodedSplit, encode_split, eval_loader, train_loader
 from bench.metrics import summarize
 from bench.phases import train_task
+from bench.rng import rng_state, set_rng_state
 from bench.trainer import enable_gradient_checkpointing, generate, method_hooks
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,7 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
         wall_start -= progress["elapsed"]
         start = resumed.index + 1
         warm_eval_batches(test_sets, backbone, cfg, accelerator)  # row 0 collated them in the original run
-        checkpoint.set_rng_state(resumed.state["rng"])  # last: nothing above may draw after this
+        set_rng_state(resumed.state["rng"])  # last: nothing above may draw after this
     for index, (stage_name, stage_tasks) in enumerate(stages):
         if index < start:
             continue
@@ -303,7 +304,7 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
         parameters.append({"after": stage_name, **counts})
         reports.append({"after": stage_name, **method.task_report()})
         train_log.append({"after": stage_name, **done.log_entry()})
-        rng_before_eval = checkpoint.rng_state()
+        rng_before_eval = rng_state()
         rows.append(evaluate_row())
         if accelerator.is_main_process:
             accs = " ".join(f"{n}={rows[-1][n]['accuracy']:.1f}" for n in test_sets)
@@ -312,7 +313,7 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
                         "wall_time": timer.seconds, "elapsed": time.perf_counter() - wall_start}
             if index == 0:
                 checkpoint.write_run_config(run_dir, cfg)
-            checkpoint.save_task_checkpoint(run_dir, index, method, progress, base=base, rng=checkpoint.rng_state(),
+            checkpoint.save_task_checkpoint(run_dir, index, method, progress, base=base, rng=rng_state(),
                                             rng_before_eval=rng_before_eval)
         accelerator.wait_for_everyone()
 

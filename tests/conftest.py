@@ -2,14 +2,9 @@
 tokenizer and the stage-0 weights are shared by every test of a session (one temporary cache)."""
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import bench  # noqa: F401  (first: its import sets the offline environment)
+import pytest
+import torch
 
 # The test models are tiny: one intra-op thread avoids OpenMP stalls when the 2 cores are shared.
 torch.set_num_threads(1)

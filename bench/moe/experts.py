@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import abc
 import copy
-import math
 from typing import Iterable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.lora import init_lora_A
 from bench.moe.grouped import grouped_swiglu
 
 
@@ -86,12 +86,7 @@ class LoRADelta(nn.Module):
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
         self.lora_A = nn.Parameter(torch.empty(r, d_in, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(d_out, r, device=device, dtype=dtype))
-        if init == "kaiming":
-            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        elif init == "normal":
-            nn.init.normal_(self.lora_A, std=0.01)
-        else:
-            raise ValueError(f"unknown LoRA init {init!r}: use 'kaiming' or 'normal'")
+        init_lora_A(self.lora_A, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling

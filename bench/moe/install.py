@@ -11,19 +11,9 @@ from typing import Callable, Sequence
 
 from torch import nn
 
+from bench.backbone import decoder_layers
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a ``LlavaForConditionalGeneration`` (or a bare Llama model)."""
-    for path in ("model.language_model.layers", "language_model.layers", "model.layers", "layers"):
-        obj = model
-        try:
-            for attr in path.split("."):
-                obj = getattr(obj, attr)
-        except AttributeError:
-            continue
-        if isinstance(obj, nn.ModuleList):
-            return obj
-    raise AttributeError(f"no decoder layers found in {type(model).__name__}")
+__all__ = ["decoder_layers", "install_moe", "select_moe_layers"]
 
 
 def select_moe_layers(num_layers: int, moe_layers: str | Sequence[int] = "alternate") -> list[int]:

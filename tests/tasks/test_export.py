@@ -1,11 +1,6 @@
 """coin-mini exported in the real CoIN layout reads back, through the real reader, as the same records."""
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import json
 
 import numpy as np

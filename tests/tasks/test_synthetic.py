@@ -1,11 +1,6 @@
 """coin-mini generators: determinism, disjoint splits, prompt format, refs, answer spaces, caching, chance."""
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import random
 import re
 from collections import Counter
