@@ -2,7 +2,7 @@
 linear, the default method) on synthetic batches shaped like a run's.
 
     python -m bench perf steps [--model-config tiny|7b] [--steps 30 --batch-size B --text-len 48]
-                               [--mixed-precision no|bf16|fp16] [--compile]
+                               [--mixed-precision no|bf16|fp16] [--compile] [--method M] [--gradient-checkpointing]
 
 ``tiny``: the tiny preset's LLaVA (CLIP 2 layers + Llama 4 layers, d=128, 64x64 images; random
 weights), on whatever device accelerate picks (CPU here). ``7b``: a LLaVA-1.5-7B-class config (CLIP
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -76,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="default: no on CPU, bf16 on a GPU")
     p.add_argument("--compile", action="store_true", help="train through torch.compile")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--method", default=None,
+                   help="a registered method attached to the model (its defaults; first task's first phase) "
+                        "instead of the plain LoRA of --lora-rank")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute decoder activations in backward")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON (python -m bench perf gpu)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -113,18 +119,31 @@ def main(argv: list[str] | None = None) -> int:
         model = LlavaForConditionalGeneration(config).to(device)
     for q in model.parameters():
         q.requires_grad_(False)
-    adapters = inject_lora(model, LoRASpec(rank=rank, alpha=2.0 * rank))
-    params = [q for a in adapters for q in (a.lora_A, a.lora_B)]
-    for q in params:
-        q.requires_grad_(True)
-    total, trained = count(model)
     bs = args.batch_size or (4 if big else 8)
     batch = synthetic_batch(config, bs, args.text_len, args.answer_len, device)
+    hooks: dict = {}
+    if args.method:
+        params, hooks = attach_method(model, args.method, config, device, batch)
+        what = f"{args.method} (its defaults)"
+    else:
+        adapters = inject_lora(model, LoRASpec(rank=rank, alpha=2.0 * rank))
+        params = [q for a in adapters for q in (a.lora_A, a.lora_B)]
+        for q in params:
+            q.requires_grad_(True)
+        what = f"LoRA r={rank}"
+    if args.gradient_checkpointing:
+        from bench.trainer import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
+    total, trained = count(model)
+    trained = sum(q.numel() for q in params)
     seq = batch["input_ids"].shape[1]
-    print(header(f"training steps/s: {args.model_config} LLaVA ({total / 1e6:.1f} M parameters, LoRA r={rank}: "
+    print(header(f"training steps/s: {args.model_config} LLaVA ({total / 1e6:.1f} M parameters, {what}: "
                  f"{trained / 1e6:.2f} M trained), batch {bs} x {seq} tokens ({config.image_seq_length} image), "
-                 f"{device}, mixed precision {precision}{', torch.compile' if args.compile else ''}"))
-    run = dict(accelerator=accelerator, lr=1e-4, log_every=max(args.steps, 1), compile=args.compile, desc="steps")
+                 f"{device}, mixed precision {precision}{', torch.compile' if args.compile else ''}"
+                 f"{', gradient checkpointing' if args.gradient_checkpointing else ''}"))
+    run = dict(accelerator=accelerator, lr=1e-4, log_every=max(args.steps, 1), compile=args.compile, desc="steps",
+               **hooks)
     t = time.perf_counter()
     train_steps(model, params, [batch], args.warmup, **run)
     warm = time.perf_counter() - t
@@ -132,10 +151,37 @@ def main(argv: list[str] | None = None) -> int:
     if gpu:
         torch.cuda.synchronize()
     sps = args.steps / stats.loop_seconds
-    mem = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if gpu else ""
+    peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else None
+    mem = f", peak GPU memory {peak:.1f} GiB" if gpu else ""
     print(f"{sps:.2f} steps/s ({1e3 / sps:.1f} ms/step, {sps * bs * seq:,.0f} tokens/s) over {args.steps} steps after "
           f"{args.warmup} warm-up steps ({warm:.1f} s){mem}; final loss {stats.final_loss:.3f}")
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps({
+            "method": args.method or f"lora-r{rank}", "model_config": args.model_config, "parameters": total,
+            "trained": trained, "batch": bs, "seq": seq, "steps_per_s": sps, "tokens_per_s": sps * bs * seq,
+            "peak_gib": peak, "gradient_checkpointing": args.gradient_checkpointing, "mixed_precision": precision,
+            "final_loss": stats.final_loss}))
     return 0
+
+
+def attach_method(model, name: str, config, device, batch) -> tuple[list, dict]:
+    """Attach a registered method (its default hyper-parameters) as a run does and begin its first task;
+    returns the parameters of the task's first training phase and the trainer hooks."""
+    import methods
+    import tasks
+    from methods.base import MethodContext
+
+    method = methods.build(name, {})
+    method.attach(model, MethodContext(num_tasks=8, steps_per_task=1000, device=device,
+                                       image_token_id=config.image_token_id, run_seed=0))
+    task = tasks.get("scienceqa")
+    method.begin_task(0, task, [batch])
+    phase = next(method.training_phases(0, task, [batch], 1000))
+    return [q for q in phase.parameters if q.requires_grad], {
+        "aux_loss": method.auxiliary_loss, "before_forward": method.before_forward,
+        "after_step": method.after_optimizer_step}
 
 
 if __name__ == "__main__":
