@@ -37,12 +37,27 @@ Per group, after the main table (see :mod:`bench.learnability`):
   parameters added and those expanding every MoE layer would have added, and the saving
   ``1 − added / if every layer`` (of the means); a last row sums the tasks after the first.
 
-Everything is a pure function of the records (no timestamps, fixed ordering), so regenerating from
-the same records writes byte-identical Markdown and CSV.
+Uncertainty (:mod:`bench.stats`, from the records' per-sample scores; records without them show ``n/a``):
+
+* **95% CI** columns next to Last, MAA and BWT, and an interval after every diagonal cell: percentile
+  bootstrap over the test records of every task and over the configuration's seeds.
+* **Rank group**: compact letters on Last; the best configuration not yet lettered leads the next letter,
+  which every configuration below it whose Last is not significantly different from the leader's also
+  gets (paired bootstrap).
+* **Paired differences** per group: for every pair of configurations, the difference in Last and BWT with
+  its paired-bootstrap 95% interval and p-value, significant when the interval excludes 0.
+
+The tables are split into two labelled sections: *Defaults* (every record the harness has, the methods'
+defaults plus marked ablation and oracle rows) and *Tuned with equal budget*, which stays empty until
+hyper-parameters are tuned under the same budget by a tuning command.
+
+Everything is a pure function of the records (no timestamps, fixed ordering, fixed bootstrap seeds), so
+regenerating from the same records writes byte-identical Markdown and CSV.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -64,7 +79,13 @@ HEADER_NOTE = (
     "first of `parameters[k].trained`, the parameters stage k trained (for a growing method: what a new task can "
     "train; – with one stage); *Activated/token* after the stream; *Wall s* = "
     "mean total wall time per run. Rows sorted by Last (descending). `(oracle)` rows use the task identity at "
-    "test time (upper bound); `[key=value]` rows are ablations with non-default hyper-parameters.")
+    "test time (upper bound); `[key=value]` rows are ablations with non-default hyper-parameters. *95% CI* = "
+    "percentile bootstrap interval (2,000 resamples of the test records of every task and of the seeds, fixed "
+    "generator seed) from the records' per-sample scores; n/a for records that lack them. *Rank group*: "
+    "configurations sharing a letter are not significantly different in Last (paired bootstrap, 95%) from that "
+    "letter's leader, the best configuration given the letter.")
+TUNED_NOTE = ("Empty: no record was tuned yet. This section will list each method with hyper-parameters tuned "
+              "under the same budget once a tuning command (`bench tune`) exists.")
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -245,6 +266,33 @@ class Row:
         m = self.stat("last")[0]
         return -math.inf if m is None else m
 
+    @functools.cached_property
+    def boot(self):
+        """:class:`bench.stats.Replicates` of the row's records, or None without per-sample scores."""
+        from bench.stats import bootstrap
+
+        return bootstrap(self.records)
+
+    def interval(self, key: str) -> tuple[float, float] | None:
+        boot = self.boot
+        return None if boot is None else boot.interval(key)
+
+
+NA = "n/a"
+CI_KEYS = (("last", "Last"), ("maa", "MAA"), ("bwt", "BWT"))
+
+
+def fmt_interval(ci: tuple[float, float] | None, digits: int = 2) -> str:
+    return NA if ci is None else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def rank_letters(rows: list[Row]) -> list[str]:
+    """:func:`bench.stats.rank_groups` on Last for rows in table order (best first); n/a without per-sample
+    scores."""
+    from bench.stats import rank_groups
+
+    return [letters or NA for letters in rank_groups([row.boot for row in rows], "last")]
+
 
 def build_groups(records: list[dict[str, Any]]) -> list[tuple[tuple, list[Row]]]:
     """[(group key, rows sorted by Last desc then label)]: the default groups (suite order, data seed 0)
@@ -278,11 +326,13 @@ def table_frame(rows: list[Row]):
     import pandas as pd
 
     data = []
-    for row in rows:
-        d: dict[str, Any] = {"Method": row.label, "Kind": row.kind, "n": len(row.records)}
+    for row, letters in zip(rows, rank_letters(rows)):
+        d: dict[str, Any] = {"Method": row.label, "Kind": row.kind, "n": len(row.records), "Rank group": letters}
         for key, name in METRICS:
             m, s, _n = row.stat(key)
             d[name] = fmt_mean_std(m, s)
+            if key in dict(CI_KEYS):
+                d[f"{name} 95% CI"] = DASH if m is None else fmt_interval(row.interval(key))
         p = row.first["parameters"]
         d["Params total"] = f"{int(p[-1]['total']):,}"
         d["Params added"] = f"{params_added(p):,}"
@@ -300,7 +350,7 @@ def csv_frame(groups: list[tuple[tuple, list[Row]]]):
     data = []
     for gkey, rows in groups:
         suite, source, chash, steps, bs, lr, order, dseed, shuffled = gkey
-        for row in rows:
+        for row, letters in zip(rows, rank_letters(rows)):
             d: dict[str, Any] = {"suite": suite, "data_source": source, "backbone_config_hash": chash,
                                  "steps_per_task": steps, "batch_size": bs, "lr": lr, "task_order": " ".join(order),
                                  "task_order_shuffled": shuffled, "data_seed": dseed, "method": row.method,
@@ -310,6 +360,11 @@ def csv_frame(groups: list[tuple[tuple, list[Row]]]):
                 m, s, _n = row.stat(key)
                 d[f"{key}_mean"] = None if m is None else round(m, 6)
                 d[f"{key}_std"] = None if s is None else round(s, 6)
+                if key in dict(CI_KEYS):
+                    ci = row.interval(key)
+                    d[f"{key}_ci_low"] = None if ci is None else round(ci[0], 6)
+                    d[f"{key}_ci_high"] = None if ci is None else round(ci[1], 6)
+            d["rank_group"] = None if letters == NA else letters
             p = row.first["parameters"]
             d["params_total"] = int(p[-1]["total"])
             d["params_added"] = params_added(p)
@@ -340,7 +395,8 @@ def group_tasks(rows: list[Row]) -> list[str]:
 
 def learnability_frame(rows: list[Row]):
     """Chance row, then one row per configuration: mean accuracy right after training on each task (joint
-    training: its Last row), ``✗`` at or below chance + margin, and the count of tasks above it."""
+    training: its Last row), ``✗`` at or below chance + margin, its bootstrap 95% interval ``[lo, hi]`` where
+    the records carry per-sample scores, and the count of tasks above chance + margin."""
     import pandas as pd
 
     names = group_tasks(rows)
@@ -352,16 +408,51 @@ def learnability_frame(rows: list[Row]):
         chance_row[t] = span  # a range when the configurations' data (seeds, sizes) differ
     chance_row["tasks learned"] = ""
     data = [chance_row]
-    for info in infos:
+    for row, info in zip(rows, infos):
         d: dict[str, Any] = {"Method": info.label + (" (joint: Last row)" if info.joint else "")}
+        cis = row.boot.diagonal_intervals() if row.boot is not None else {}
         for t in names:
             if t not in info.values:
                 d[t] = DASH
                 continue
-            d[t] = f"{info.values[t]:.1f}" + (f" {MARK}" if t in info.failing() else "")
+            d[t] = f"{info.values[t]:.1f}" + (f" {MARK}" if t in info.failing() else "") + (
+                f" {fmt_interval(cis[t], 1)}" if t in cis else "")
         d["tasks learned"] = DASH if info.reason is not None else f"{info.learned()}/{len(info.judged())}"
         data.append(d)
     return pd.DataFrame(data)
+
+
+def pairwise_frame(rows: list[Row]):
+    """One line per pair of configurations with per-sample scores (table order, the better-ranked first):
+    the paired-bootstrap difference in Last and in BWT, its 95% interval, p-value and whether the interval
+    excludes 0 (``yes``). Pairs whose test sets differ show n/a; None when fewer than two rows qualify."""
+    import pandas as pd
+
+    from bench.stats import paired_difference
+
+    usable = [row for row in rows if row.boot is not None]
+    data = []
+    for i, x in enumerate(usable):
+        for y in usable[i + 1:]:
+            d: dict[str, Any] = {"Method": x.label, "vs": y.label}
+            for key, name in (("last", "Last"), ("bwt", "BWT")):
+                diff = paired_difference(x.boot, y.boot, key)
+                if diff is None:
+                    d[f"Δ{name}"] = d[f"Δ{name} 95% CI"] = d[f"p ({name})"] = d[f"{name} significant"] = (
+                        DASH if x.boot.test_sets == y.boot.test_sets else NA)
+                    continue
+                d[f"Δ{name}"] = f"{diff.point:+.2f}"
+                d[f"Δ{name} 95% CI"] = fmt_interval((diff.low, diff.high))
+                d[f"p ({name})"] = _fmt_p(diff.p)
+                d[f"{name} significant"] = "yes" if diff.significant else "no"
+            data.append(d)
+    return pd.DataFrame(data) if data else None
+
+
+def _fmt_p(p: float) -> str:
+    from bench.stats import RESAMPLES
+
+    return f"<{1 / RESAMPLES:.4f}" if p == 0 else f"{p:.4f}"
 
 
 def _last_scores(r: dict[str, Any]) -> dict[str, Any]:
@@ -525,14 +616,17 @@ def plot_name(kind: str, gkey: tuple, label: str | None = None) -> str:
 
 
 def draw_plots(groups: list[tuple[tuple, list[Row]]], plots_dir: Path) -> list[Path]:
-    """Per group: one accuracy-matrix heatmap per row (its first seed's record; cells judged by the
+    """Per group: one accuracy-matrix heatmap per row (its first seed's record; a last "chance" row under
+    the matrix, every cell at or below its task's chance with its number in red, and the cells judged by the
     learnability gate hatched where at or below chance + margin), a task-locator confusion matrix per row
     that carries one, parameters vs task index for all rows on one chart, and Last vs parameters added (one
-    point per row). Returns the PNG paths."""
+    point per row, with its bootstrap 95% interval as an error bar where the records carry per-sample
+    scores). Returns the PNG paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import patheffects
     from matplotlib.patches import Rectangle
 
     plots_dir = Path(plots_dir)
@@ -553,21 +647,33 @@ def draw_plots(groups: list[tuple[tuple, list[Row]]], plots_dir: Path) -> list[P
             A = r["accuracy_matrix"]
             ylabels = r.get("matrix_rows") or (["base"] + [f"after {t}" for t in r["tasks"]])[:len(A)]
             chance = record_chance(r).levels
-            fig, ax = plt.subplots(figsize=(0.6 * len(r["tasks"]) + 2.5, 0.45 * len(A) + 2.1))
-            im = ax.imshow(A, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-            xlabels = [t if not chance or t not in chance else f"{t} ({chance[t]:.1f})" for t in r["tasks"]]
+            levels = [chance.get(t) if chance else None for t in r["tasks"]]
+            shown = [list(map(float, line)) for line in A]
+            if any(c is not None for c in levels):
+                shown.append([math.nan if c is None else float(c) for c in levels])
+            fig, ax = plt.subplots(figsize=(0.6 * len(r["tasks"]) + 2.5, 0.45 * len(shown) + 2.1))
+            im = ax.imshow(shown, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+            xlabels = [t if c is None else f"{t} ({c:.1f})" for t, c in zip(r["tasks"], levels)]
             ax.set_xticks(range(len(r["tasks"])), xlabels, rotation=45, ha="right", fontsize=8)
-            ax.set_yticks(range(len(A)), [f"after {y}" if y != "base" else y for y in ylabels], fontsize=8)
-            for i, rowv in enumerate(A):
+            ylabs = [f"after {y}" if y != "base" else y for y in ylabels] + (["chance"] if len(shown) > len(A) else [])
+            ax.set_yticks(range(len(shown)), ylabs, fontsize=8)
+            if len(shown) > len(A):
+                ax.axhline(len(A) - 0.5, color="white", linewidth=2)
+            for i, rowv in enumerate(shown):
                 for j, v in enumerate(rowv):
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if v < 50 else "black")
+                    if math.isnan(v):
+                        continue
+                    below = i < len(A) and levels[j] is not None and v <= levels[j]
+                    style = (dict(color="red", fontsize=8, fontweight="bold",
+                                  path_effects=[patheffects.withStroke(linewidth=2, foreground="white")]) if below
+                             else dict(color="white" if v < 50 else "black", fontsize=7))
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", **style)
             # the judged cells (diagonal; joint training: the last row) at or below chance + margin
             for i, j in flagged_cells(r, chance):
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="red",
                                        linewidth=1.5))
-            note = (f"\nhatched red: at or below chance + {LEARNABILITY_MARGIN:g} (chance in brackets)"
-                    if chance else "\nchance level unknown")
+            note = (f"\nred: at or below chance (last row)\nhatched: judged, at or below chance + "
+                    f"{LEARNABILITY_MARGIN:g}" if chance else "\nchance level unknown")
             ax.set_title(f"{row.label} — accuracy (%), seed {r['seeds']['run']}{note}", fontsize=8)
             fig.colorbar(im, ax=ax)
             save(fig, plot_name("heatmap", gkey, row.label))
@@ -603,11 +709,15 @@ def draw_plots(groups: list[tuple[tuple, list[Row]]], plots_dir: Path) -> list[P
         fig, ax = plt.subplots(figsize=(6, 4))
         for row in rows:
             x, y = params_added(row.first["parameters"]), row.stat("last")[0]
-            ax.scatter([x], [y])
+            ci = row.interval("last")
+            if ci is None:
+                ax.scatter([x], [y])
+            else:  # asymmetric: the percentile interval need not be centred on the point
+                ax.errorbar([x], [y], yerr=[[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]], fmt="o", capsize=3)
             ax.annotate(row.label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("parameters added over the stream")
         ax.set_ylabel("Last (%)")
-        ax.set_title("Last vs parameters added", fontsize=9)
+        ax.set_title("Last vs parameters added (bars: bootstrap 95% CI where per-sample scores exist)", fontsize=9)
         save(fig, plot_name("last-vs-added", gkey))
     return written
 
@@ -617,14 +727,38 @@ def draw_plots(groups: list[tuple[tuple, list[Row]]], plots_dir: Path) -> list[P
 def render_markdown(groups: list[tuple[tuple, list[Row]]], n_records: int) -> str:
     lines = ["# Leaderboard", "",
              "_Generated by `python -m bench leaderboard` — do not edit; regenerate from `results/runs/`._", "",
-             f"{n_records} run record(s), {len(groups)} comparable group(s).", "", HEADER_NOTE, ""]
+             f"{n_records} run record(s), {len(groups)} comparable group(s).", "", HEADER_NOTE, "",
+             "# Defaults", "",
+             "Every method at its default hyper-parameters, at the budget its group names (ablation and oracle rows "
+             "marked); no hyper-parameter was searched.", ""]
     for i, (gkey, rows) in enumerate(groups, 1):
         lines += [f"## Group {i}: {describe_group(gkey)}", "",
                   table_frame(rows).to_markdown(index=False, disable_numparse=True), "",
                   f"![parameters per task](plots/{plot_name('params', gkey)}) "
                   f"![Last vs parameters added](plots/{plot_name('last-vs-added', gkey)})", ""]
-        lines += _learnability_section(gkey, rows) + _ptl_section(gkey, rows) + _growth_section(rows)
+        lines += (_pairwise_section(rows) + _learnability_section(gkey, rows) + _ptl_section(gkey, rows)
+                  + _growth_section(rows))
+    lines += ["# Tuned with equal budget", "", TUNED_NOTE, ""]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _pairwise_section(rows: list[Row]) -> list[str]:
+    lines = ["### Paired differences (Last, BWT)", "",
+             "For each pair of configurations (the better-ranked first): Δ = first − second on the full test sets, "
+             "its 95% interval from a paired bootstrap (the same resampled test records and seed positions for "
+             "both, 2,000 resamples), the two-sided p-value `2·min(P(Δ*≤0), P(Δ*≥0))`, and *significant* when the "
+             "interval excludes 0. No correction for multiple comparisons; – where BWT is undefined (joint "
+             "training); n/a where the test sets differ.", ""]
+    missing = [row.label for row in rows if row.boot is None]
+    if missing:
+        lines += ["No per-sample scores (records written before they were stored; intervals and tests n/a): "
+                  + ", ".join(missing) + ".", ""]
+    frame = pairwise_frame(rows)
+    if frame is None:
+        lines += ["Fewer than two configurations carry per-sample scores: no pair to test.", ""]
+    else:
+        lines += [frame.to_markdown(index=False, disable_numparse=True), ""]
+    return lines
 
 
 def _links(kind: str, gkey: tuple, rows: list[Row]) -> str:
@@ -643,7 +777,8 @@ def _learnability_section(gkey: tuple, rows: list[Row]) -> list[str]:
              f"`--set`).", ""]
     lines += [f"Chance level unknown: {reason}." for reason in unknown] + ([""] if unknown else [])
     lines += [learnability_frame(rows).to_markdown(index=False, disable_numparse=True), "",
-              f"Accuracy matrices (first seed; hatched red: at or below chance + {LEARNABILITY_MARGIN:g}): "
+              f"Accuracy matrices (first seed; last row: chance; red numbers: at or below chance; hatched red: "
+              f"judged cells at or below chance + {LEARNABILITY_MARGIN:g}): "
               + _links("heatmap", gkey, rows), ""]
     return lines
 

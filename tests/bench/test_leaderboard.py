@@ -352,3 +352,59 @@ def test_growth_per_task_table(tmp_path: Path) -> None:
     per_task, total = growth_per_task(next(r for r in table_rows if r.method == "cmoe"))
     assert list(per_task) == ["textvqa", "imagenet"] and per_task["textvqa"].saving == 75.0
     assert (total.expanded, total.added, total.if_every_layer) == (2.0, 300.0, 550.0)
+
+
+def _per_sample_record(method: str, seed: int, right: list[list[list[int]]], **kw) -> dict:
+    """A record whose matrix is the mean of hand-made per-sample scores ``right[row][task]``."""
+    from bench.records import encode_scores
+
+    A = [[100.0 * sum(cell) / len(cell) for cell in row] for row in right]
+    scores = [{t: {"accuracy": A[r][j], "n": len(right[r][j]), "per_sample": encode_scores(right[r][j])}
+               for j, t in enumerate(TASKS)} for r in range(len(right))]
+    return _record(method, seed, A, scores=scores, **kw)
+
+
+def test_intervals_pairwise_table_rank_groups_and_the_tuned_section(tmp_path: Path) -> None:
+    import pandas as pd
+
+    n = 40
+    half = [1, 0] * (n // 2)
+    learned = [[[0] * n] * 3] + [[[1] * n if j <= i else [0] * n for j in range(3)] for i in range(3)]
+    strong = _per_sample_record("cmoe", 0, learned)  # right on everything it was trained on: Last 100, BWT 0
+    forgets = [row[:] for row in learned]
+    forgets[3] = [half, half, [1] * n]  # forgets half of the first two tasks: Last 66.7, BWT -50
+    weak = _per_sample_record("seq-ft", 0, forgets)
+    twin = _per_sample_record("moelora", 0, forgets)  # answers exactly as seq-ft does
+    old = _record("moe-llava", 0, _A([10, 20, 30]))  # written before per-sample scores existed
+    out = tmp_path / "out"
+    generate(_write(tmp_path / "runs", strong, weak, twin, old), out)
+    md = (out / "LEADERBOARD.md").read_text()
+    header, *rows = _section(md, "## Group 1")
+    by = {r[0]: dict(zip(header, r)) for r in rows}
+    assert by["cmoe"]["Last 95% CI"] == "[100.00, 100.00]" and by["cmoe"]["BWT 95% CI"] == "[0.00, 0.00]"
+    lo, hi = (float(x) for x in by["seq-ft"]["Last 95% CI"].strip("[]").split(", "))
+    assert lo < 200 / 3 < hi and hi < 100
+    assert by["moe-llava"]["Last 95% CI"] == "n/a" and by["moe-llava"]["Rank group"] == "n/a"
+    # cmoe beats both others on every sample they miss; seq-ft and moelora are indistinguishable
+    assert by["cmoe"]["Rank group"] == "A" and by["seq-ft"]["Rank group"] == by["moelora"]["Rank group"] == "B"
+    pair_header, *pairs = _section(md, "### Paired differences (Last, BWT)")
+    table = {(p[0], p[1]): dict(zip(pair_header, p)) for p in pairs}
+    assert len(table) == 3 and "moe-llava" not in {x for pair in table for x in pair}
+    assert table[("cmoe", "seq-ft")]["Last significant"] == "yes" and table[("cmoe", "seq-ft")]["ΔBWT"] == "+50.00"
+    assert table[("cmoe", "seq-ft")]["BWT significant"] == "yes"
+    twins = table[("seq-ft", "moelora")] if ("seq-ft", "moelora") in table else table[("moelora", "seq-ft")]
+    assert twins["ΔLast"] == "+0.00" and twins["Last significant"] == "no" and twins["p (Last)"] == "1.0000"
+    assert "No per-sample scores (records written before they were stored; intervals and tests n/a): moe-llava." in md
+    # the diagonal carries its interval; the old record's cells stay plain
+    _h, _chance, *diag = _section(md, DIAGONAL)
+    cells = {r[0]: r[1:4] for r in diag}
+    assert cells["cmoe"] == ["100.0 [100.0, 100.0]"] * 3 and cells["moe-llava"] == ["50.0", "60.0", "30.0"]
+    # two labelled sections; the tuned one is empty and says so
+    assert md.index("# Defaults") < md.index("## Group 1") < md.index("# Tuned with equal budget")
+    assert md.rstrip().endswith("once a tuning command (`bench tune`) exists.")
+    df = pd.read_csv(out / "leaderboard.csv").set_index("label")
+    assert df.loc["cmoe", "last_ci_low"] == 100.0 and df.loc["cmoe", "rank_group"] == "A"
+    assert pd.isna(df.loc["moe-llava", "last_ci_low"]) and pd.isna(df.loc["moe-llava", "rank_group"])
+    before = md
+    generate(_write(tmp_path / "runs", strong, weak, twin, old), out)
+    assert (out / "LEADERBOARD.md").read_text() == before  # fixed bootstrap seeds: same records, same bytes
