@@ -1,23 +1,29 @@
 """Task registry: the eight CoIN tasks and the suites built from them."""
 from __future__ import annotations
 
+from functools import partial
+
+from tasks import coin, synthetic
 from tasks.base import DataSpec, Record, ScoreResult, Task, TaskError, TaskSplit
 
 SHORT = "Answer the question using a single word or phrase."
 
+# Every task reads the real CoIN layout with the same reader and has its coin-mini generator.
+_Task = partial(Task, read=coin.load_split, generate=synthetic.load_split)
+
 _TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task("scienceqa", "ScienceQA", "test.json", "Answer with the option's letter from the given choices directly."),
-        Task("textvqa", "TextVQA", "val.json", SHORT),
-        Task("imagenet", "ImageNet", "test.json", SHORT),
-        Task("gqa", "GQA", "test.json", SHORT),
-        Task("vizwiz", "VizWiz", "val.json",
-             "When the provided information is insufficient, respond with 'Unanswerable'.\n" + SHORT),
-        Task("grounding", "Grounding", "test.json",
-             "Please provide the bounding box coordinate of the region this sentence describes:"),
-        Task("vqav2", "VQAv2", "val.json", SHORT),
-        Task("ocrvqa", "OCRVQA", "test.json", SHORT),
+        _Task("scienceqa", "ScienceQA", "test.json", "Answer with the option's letter from the given choices directly."),
+        _Task("textvqa", "TextVQA", "val.json", SHORT),
+        _Task("imagenet", "ImageNet", "test.json", SHORT),
+        _Task("gqa", "GQA", "test.json", SHORT),
+        _Task("vizwiz", "VizWiz", "val.json",
+              "When the provided information is insufficient, respond with 'Unanswerable'.\n" + SHORT),
+        _Task("grounding", "Grounding", "test.json",
+              "Please provide the bounding box coordinate of the region this sentence describes:"),
+        _Task("vqav2", "VQAv2", "val.json", SHORT),
+        _Task("ocrvqa", "OCRVQA", "test.json", SHORT),
     )
 }
 

@@ -14,7 +14,7 @@ from collections import Counter
 from functools import lru_cache
 
 import tasks
-from tasks.base import DataSpec
+from tasks.types import DataSpec
 
 
 def majority_answer(task: tasks.Task, spec: DataSpec) -> str:

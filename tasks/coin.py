@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tasks import side_files as side_files_mod
-from tasks.base import DataSpec, Task, TaskError, TaskSplit
+from tasks.types import DataSpec, TaskError, TaskInfo, TaskSplit
 
 TEST_FILES = ("test.json", "val.json")
 IMAGE_DIR = "cl_dataset"
@@ -124,7 +124,7 @@ def strip_image_token(text: str) -> str:
 # Record parsers
 # --------------------------------------------------------------------------------------------------
 
-def parse_train_record(task: Task, rec: Any, index: int, path: Path | str) -> RawRecord:
+def parse_train_record(task: TaskInfo, rec: Any, index: int, path: Path | str) -> RawRecord:
     """LLaVA format: ``{"id", "image"?, "conversations": [{"from": "human"}, {"from": "gpt"}]}``;
     prompt = the human turn without ``<image>``, answer = the gpt turn. Multi-turn records are refused
     (keeping only the first exchange would silently drop data)."""
@@ -150,7 +150,7 @@ def parse_train_record(task: Task, rec: Any, index: int, path: Path | str) -> Ra
     return RawRecord(qid, prompt, answer, _optional_image(rec, path, index))
 
 
-def parse_test_record(task: Task, rec: Any, index: int, path: Path | str) -> RawRecord:
+def parse_test_record(task: TaskInfo, rec: Any, index: int, path: Path | str) -> RawRecord:
     """Test/val format: ``{"question_id", "image"?, "text", "answer"}``; grounding has ``answer_bbox``
     (the box string) and ``size`` instead of ``answer``; ScienceQA's answer is an option letter."""
     if not isinstance(rec, dict):
@@ -172,7 +172,7 @@ def parse_test_record(task: Task, rec: Any, index: int, path: Path | str) -> Raw
     return RawRecord(qid, prompt, answer, image, refs)
 
 
-def parse_records(task: Task, data: Any, path: Path | str, split: str) -> list[RawRecord]:
+def parse_records(task: TaskInfo, data: Any, path: Path | str, split: str) -> list[RawRecord]:
     """Validate and parse every record of a loaded CoIN JSON file."""
     if not isinstance(data, list):
         raise TaskError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
@@ -223,7 +223,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def split_file(task: Task, split: str, spec: DataSpec) -> Path:
+def split_file(task: TaskInfo, split: str, spec: DataSpec) -> Path:
     """``Instructions_<Variant>/<Task>/train.json``, or the task's test file (test.json or val.json,
     whichever exists, the registry's choice first). Missing -> TaskError listing what was expected."""
     root = Path(spec.data_root or ".")
@@ -339,7 +339,7 @@ _ENRICHERS: dict[str, Callable[[Path], Enricher]] = {
 }
 
 
-def apply_side_file(task: Task, records: list[RawRecord], side: Path, ann_path: Path) -> None:
+def apply_side_file(task: TaskInfo, records: list[RawRecord], side: Path, ann_path: Path) -> None:
     enrich = _ENRICHERS[task.name](side)
     for i, rec in enumerate(records):
         enrich(rec, i, ann_path)
@@ -398,7 +398,7 @@ def _build_dataset(records: list[RawRecord], image_root: Path):
     return datasets.Dataset.from_dict(columns, features=features)
 
 
-def load_split(task: Task, split: str, spec: DataSpec) -> TaskSplit:
+def load_split(task: TaskInfo, split: str, spec: DataSpec) -> TaskSplit:
     """Read, validate and (optionally) subsample one split of a real CoIN task."""
     if not spec.data_root:
         raise TaskError("the CoIN reader needs DataSpec.data_root (the folder holding Instructions_<Variant>/ and cl_dataset/)")
@@ -422,7 +422,7 @@ def load_split(task: Task, split: str, spec: DataSpec) -> TaskSplit:
     return TaskSplit(task.name, split, _build_dataset(chosen, image_root), source)
 
 
-def read_annotations(task: Task, annotations_path: str | Path,
+def read_annotations(task: TaskInfo, annotations_path: str | Path,
                      side_files: Sequence[str | Path] | str | Path | None = None) -> list[dict[str, Any]]:
     """Scorer references ``{"question_id", "answer", **refs}`` for ``bench score --mode clean``: every
     record of a CoIN test/val JSON (validated as in :func:`load_split`, ids unique; images are not

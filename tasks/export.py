@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import tasks
-from tasks.base import DataSpec, Task, TaskError, TaskSplit
+from tasks.base import Task
+from tasks.types import DataSpec, TaskError, TaskSplit
 from tasks.synthetic import GENERATOR_VERSION
 
 VARIANT = "Original"  # coin-mini prompts use CoIN's Original instruction suffixes

@@ -28,7 +28,7 @@ from typing import Any
 
 import tasks
 from tasks import coin, official, scoring, side_files
-from tasks.base import ScoreResult, TaskError
+from tasks.types import ScoreResult, TaskError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,7 +52,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Sequence
 
-from tasks.base import ScoreResult, TaskError
+from tasks.types import ScoreResult, TaskError
 
 MODES = ("official", "clean")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from tasks.base import TaskError
+from tasks.types import TaskError
 
 ROLES: dict[str, tuple[str, ...]] = {
     "textvqa": ("answers",),

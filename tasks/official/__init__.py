@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from tasks.base import ScoreResult, TaskError
+from tasks.types import ScoreResult, TaskError
 from tasks.official import gqa, grounding, imagenet, ocrvqa, scienceqa, textvqa, vizwiz, vqav2
 from tasks.official.common import Inputs
 

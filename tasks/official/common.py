@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from tasks.base import ScoreResult, TaskError
+from tasks.types import ScoreResult, TaskError
 from tasks.coin import load_json
 
 COMMIT = "4122465"

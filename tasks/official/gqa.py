@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from tasks.base import ScoreResult, TaskError
+from tasks.types import ScoreResult, TaskError
 from tasks.official.common import (
     Inputs, get, hashable, line_at, load, lookup, nothing_to_score, read_lines, record_at, records, repeated,
     result,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.base import ScoreResult, TaskError
+from tasks.types import ScoreResult, TaskError
 from tasks.official.common import Inputs, get, keyed, load, match_lines, nothing_to_score, repeated, result
 from tasks.scoring import box_iou, grounding_parse_official
 

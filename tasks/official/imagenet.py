@@ -16,7 +16,7 @@ wrong) and asks for a normalised exact match.
 """
 from __future__ import annotations
 
-from tasks.base import ScoreResult, TaskError
+from tasks.types import ScoreResult, TaskError
 from tasks.official.common import Inputs, get, line_at, load, nothing_to_score, read_lines, record_at, records, result
 
 SCRIPT = "eval_ImagetNet.py"

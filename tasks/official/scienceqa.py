@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.base import ScoreResult, TaskError
+from tasks.types import ScoreResult, TaskError
 from tasks.official.common import (
     Inputs, get, hashable, line_at, load, read_lines, record_at, records, repeated, result,
 )

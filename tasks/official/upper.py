@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.base import TaskError
+from tasks.types import TaskError
 from tasks.official.common import get
 
 

@@ -18,7 +18,7 @@ for a normalised exact match (VQA soft accuracy where ten answers are given).
 """
 from __future__ import annotations
 
-from tasks.base import ScoreResult
+from tasks.types import ScoreResult
 from tasks.official.common import Inputs, keyed, load, match_lines, nothing_to_score, repeated, result
 from tasks.official.upper import upper_equal
 

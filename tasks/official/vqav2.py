@@ -17,7 +17,7 @@ Clean mode counts every annotation record (missing = wrong) and asks for a norma
 """
 from __future__ import annotations
 
-from tasks.base import ScoreResult
+from tasks.types import ScoreResult
 from tasks.official.common import Inputs, keyed, load, match_lines, nothing_to_score, repeated, result
 from tasks.official.upper import upper_equal
 
