@@ -26,15 +26,15 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.config import RunConfig
+from bench.config import ConfigError, RunConfig
 from bench.records import RecordError, atomic_write_text
-from bench.rng import set_rng_state
+from methods.state import StateError
 
 FORMAT = 1
 TENSORS, STATE, CONFIG = "method.safetensors", "state.json", "config.json"
@@ -92,8 +92,6 @@ def resume_config(run_dir: str | Path, given: dict[str, Any]) -> RunConfig:
     """The config to resume ``run_dir`` with: its config.json. ``given`` holds the settings the user
     passed explicitly (RunConfig field name -> value); one that differs from the run's is an error,
     since a resumed run must be the run that was started."""
-    from bench.config import ConfigError
-
     cfg = read_run_config(run_dir)
     saved = cfg.to_dict()
     saved["model"] = cfg.backbone.model_path
@@ -204,8 +202,6 @@ def load_task_checkpoint(run_dir: str | Path, k: int) -> TaskCheckpoint:
 
 def restore_method(method, ckpt: TaskCheckpoint) -> None:
     """``method.restore`` with its errors turned into CheckpointError (one paragraph for the CLI)."""
-    from methods.state import StateError
-
     try:
         method.restore(ckpt.tensors, ckpt.method_meta)
     except StateError as e:
@@ -229,62 +225,44 @@ def base_identity(backbone, stage0: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
-# a ready-to-evaluate model after task k
+# the record or interrupted run of a config (what a sweep skips or resumes)
 # --------------------------------------------------------------------------------------------------
-@dataclass
-class LoadedRun:
-    """The model of a run as it was after stage ``task_index`` (0-based), ready for evaluation."""
-
-    cfg: RunConfig
-    backbone: Any                 # bench.backbone.Backbone (its .model is ``model``)
-    model: torch.nn.Module
-    method: Any                   # the restored ContinualMethod, attached to ``model``
-    task_names: list[str]         # the run's task order (matrix columns)
-    tasks: list[Any]              # the tasks.Task objects, same order
-    task_index: int
-    accelerator: Any
-    state: dict[str, Any] = field(repr=False, default_factory=dict)  # the checkpoint's state.json
+def config_key(config: dict[str, Any]) -> str:
+    """A canonical text form of a resolved config dict (JSON types, sorted keys), for equality."""
+    return json.dumps(json.loads(json.dumps(config, default=str)), sort_keys=True)
 
 
-def evaluate_loaded(loaded: LoadedRun) -> dict[str, dict[str, Any]]:
-    """Evaluate the loaded model on every task's test split exactly as the run did (one row)."""
-    from bench import protocol
-
-    test_sets = protocol.encode_test_sets(loaded.cfg, loaded.tasks, loaded.backbone)
-    protocol.warm_eval_batches(test_sets, loaded.backbone, loaded.cfg, loaded.accelerator)  # as after row 0
-    return protocol.evaluate_all(loaded.model, loaded.method, loaded.backbone, test_sets, loaded.cfg,
-                                 loaded.accelerator)
+def recorded_key(config: dict[str, Any]) -> str:
+    """``config_key`` of a config read from a record or run directory. A top-level field the record
+    lacks (added to RunConfig after it was written) counts as that field's default, so a new knob at its
+    default does not make every old record a different config."""
+    return config_key({**RunConfig().to_dict(), **config})
 
 
-def load_after_task(run_dir: str | Path, k: int | None = None, *, accelerator=None,
-                    cache_dir: str | None = None) -> LoadedRun:
-    """Rebuild the run's stage-0 base model from its config.json (the stage-0 cache is reused),
-    attach the method and restore its state after stage ``k`` (default: the last finished one).
+def existing_records(runs_dir: Path) -> dict[str, Path]:
+    """config key → record path for every readable record directly under ``runs_dir``. Files that are
+    not JSON objects with a ``config`` are ignored here (the leaderboard reports them)."""
+    found: dict[str, Path] = {}
+    for path in sorted(Path(runs_dir).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("config"), dict):
+            found.setdefault(recorded_key(record["config"]), path)
+    return found
 
-    The RNG is left as it was when the run evaluated stage ``k``, so evaluating every task with
-    ``bench.protocol.evaluate_all`` reproduces the recorded row (stochastic routing included)."""
-    from accelerate.utils import set_seed
 
-    from bench import protocol
-    from bench.base_model import load_base
-
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir, cache_dir)
-    done = finished_tasks(run_dir)
-    if k is None:
-        if not done:
-            raise CheckpointError(f"{run_dir} has no finished task yet.")
-        k = done[-1]
-    ckpt = load_task_checkpoint(run_dir, k)
-    task_list = protocol.ordered_tasks(cfg)
-    accelerator = accelerator or protocol.make_accelerator(cfg)
-    set_seed(cfg.seed)
-    backbone, stage0 = load_base(cfg, task_list, accelerator)
-    check_base(ckpt, base_identity(backbone, stage0))
-    model = backbone.model.to(accelerator.device)
-    method, _ = protocol.attach_method(cfg, backbone, model, task_list, accelerator)
-    restore_method(method, ckpt)
-    model.eval()
-    set_rng_state(ckpt.state["rng_before_eval"])
-    return LoadedRun(cfg=cfg, backbone=backbone, model=model, method=method, task_names=[t.name for t in task_list],
-                     tasks=task_list, task_index=k, accelerator=accelerator, state=ckpt.state)
+def resumable_runs(runs_dir: Path) -> dict[str, Path]:
+    """config key → run directory for every interrupted run under ``runs_dir``: a ``<run_id>/`` with a
+    ``config.json`` and at least one finished task but no ``<run_id>.json`` record (newest id wins)."""
+    found: dict[str, Path] = {}
+    for config in sorted(Path(runs_dir).glob(f"*/{CONFIG}")):
+        run_dir = config.parent
+        if (run_dir.parent / f"{run_dir.name}.json").exists() or not finished_tasks(run_dir):
+            continue
+        try:
+            found[recorded_key(json.loads(config.read_text()))] = run_dir
+        except (OSError, json.JSONDecodeError):
+            continue
+    return found

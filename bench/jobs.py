@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import protocol
+from bench.checkpoint import config_key, existing_records, resumable_runs
 from bench.config import ConfigError, RunConfig
 
 try:  # a sweep without a launcher never needs submitit
@@ -32,17 +34,14 @@ except ImportError:  # pragma: no cover - submitit is a dependency; keep `bench 
 
 def run_or_resume(cfg: RunConfig) -> Path:
     """The record of ``cfg``: the existing one, or the run resumed from an interrupted run directory of
-    the same config, or a new run (the rules of ``bench.sweep.plan``)."""
-    from bench.protocol import run
-    from bench.sweep import config_key, existing_records, resumable_runs
-
+    the same config, or a new run (the rules of ``bench.sweep.plan``, found by ``bench.checkpoint``)."""
     runs = Path(cfg.out) / "runs"
     key = config_key(cfg.to_dict())
     found = existing_records(runs).get(key)
     if found is not None:
         return found
     resume = resumable_runs(runs).get(key)
-    return run(cfg, resume=resume) if resume is not None else run(cfg)
+    return protocol.run(cfg, resume=resume) if resume is not None else protocol.run(cfg)
 
 
 @dataclass

@@ -37,7 +37,10 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
 from bench.data import IGNORE, EncodedSplit, eval_loader
+from bench.restore import load_after_task
+from bench.run_setup import make_accelerator
 from bench.trainer import generate, method_hooks
+from tasks.types import Record
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +71,6 @@ class CMBLM(LM):
         if run is not None:
             if backbone is not None or model is not None:
                 raise ValueError("give either run=RUN_DIR (with after_task) or backbone/model/method objects, not both")
-            from bench.checkpoint import load_after_task
-
             loaded = load_after_task(run, None if after_task in (None, "") else int(after_task), cache_dir=cache_dir)
             backbone, model, method, cfg = loaded.backbone, loaded.model, loaded.method, loaded.cfg
             accelerator = accelerator or loaded.accelerator
@@ -79,8 +80,6 @@ class CMBLM(LM):
         self.model = model if model is not None else backbone.model
         if accelerator is None:
             if cfg is not None:
-                from bench.protocol import make_accelerator
-
                 accelerator = make_accelerator(cfg)
             else:
                 accelerator = _CPUAccelerator(next(self.model.parameters()).device)
@@ -117,7 +116,7 @@ class CMBLM(LM):
                 raise ValueError(f"cmb: a LLaVA-1.5 prompt holds one image, got {len(visuals)}")
             image = visuals[0] if visuals else None
             if image is not None and getattr(image, "mode", "RGB") != "RGB":
-                image = image.convert("RGB")  # what tasks.base._row_to_record does for the harness
+                image = image.convert("RGB")  # what tasks.types._row_to_record does for the harness
             return args[:-1], image
         return args, None
 
@@ -126,9 +125,7 @@ class CMBLM(LM):
 
     # --- generation --------------------------------------------------------------------------------
     def generate_until(self, requests: Sequence, disable_tqdm: bool = False) -> list[str]:
-        """Greedy answers, batched and decoded exactly as ``bench.protocol.evaluate_all`` does."""
-        from tasks.base import Record
-
+        """Greedy answers, batched and decoded exactly as ``bench.evaluation.evaluate_all`` does."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         parsed = []
         for i, req in enumerate(requests):

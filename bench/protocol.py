@@ -10,24 +10,30 @@ the union of all tasks with the same total budget and contribute a single row af
 from __future__ import annotations
 
 import logging
-import random
 import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+from accelerate.utils import broadcast_object_list, set_seed
 
 import methods
-import tasks as task_registry
 from bench import checkpoint, records, sharding
-from bench.config import RunConfig
-from bench.data import ConcatEncoded, EncodedSplit, encode_split, eval_loader, train_loader
+from bench.base_model import load_base, plan_base
+from bench.config import ConfigError, RunConfig
+from bench.data import ConcatEncoded, EncodedSplit, encode_split, train_loader
+from bench.evaluation import encode_test_sets, evaluate_all, warm_eval_batches
 from bench.metrics import summarize
+from bench.perf.report import time_split
 from bench.phases import train_task
 from bench.rng import rng_state, set_rng_state
-from bench.trainer import enable_gradient_checkpointing, generate, method_hooks
+from bench.run_setup import attach_method, make_accelerator, ordered_tasks, plan_line
+from bench.trainer import enable_gradient_checkpointing
+
+# the set-up and evaluation steps are part of the protocol's public face (tools and tests call them here)
+__all__ = ["Hooks", "attach_method", "encode_test_sets", "evaluate_all", "make_accelerator", "ordered_tasks",
+           "plan_line", "run", "warm_eval_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -49,129 +55,6 @@ class PhaseTimer:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - since
 
 
-def make_accelerator(cfg: RunConfig):
-    from accelerate import Accelerator, PartialState
-    from accelerate.utils import DistributedDataParallelKwargs, is_bf16_available
-
-    import os
-
-    # Several processes without CUDA (``accelerate launch --multi_gpu --num_processes N`` on a CPU
-    # machine starts them with torchrun) must initialise as MULTI_CPU (gloo), which accelerate only
-    # does when asked for the CPU; left alone each process would think it runs alone.
-    cpu = (os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-           or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()))
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        # bf16 autocast pays off on accelerators; on CPU it is slower than fp32, so stay in fp32 there.
-        precision = "bf16" if PartialState(cpu=cpu).device.type != "cpu" and is_bf16_available() else "no"
-    # find_unused_parameters: experts outside a batch's top-k receive no gradient in that step.
-    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    if cpu and sharding.fsdp_requested():
-        sharding.enable_cpu_fsdp(accelerator)  # accelerate turns FSDP on for accelerator devices only
-    sharding.check_accelerator(accelerator)
-    return accelerator
-
-
-def ordered_tasks(cfg: RunConfig) -> list:
-    task_list = task_registry.resolve(cfg.tasks)
-    if cfg.task_order_seed is not None:
-        random.Random(cfg.task_order_seed).shuffle(task_list)
-    return task_list
-
-
-def evaluate_all(model, method, backbone, test_sets: dict[str, tuple[Any, EncodedSplit]], cfg: RunConfig,
-                 accelerator) -> dict[str, dict[str, Any]]:
-    """Greedy answers for every test record of every task, scored by the task's official rule.
-
-    With several processes each rank decodes its own shard of every test set and the predictions are
-    gathered on every rank before scoring, so all ranks score the same full set. Each task's entry holds
-    the accuracy, the denominator ``n``, three example answers and every test record's score in the
-    test split's order (``per_sample``, packed by ``bench.records.encode_scores``)."""
-    out = {}
-    for index, (name, (task, encoded)) in enumerate(test_sets.items()):
-        loader = eval_loader(backbone, encoded, cfg.eval_batch_size, indices=_shard(len(encoded), accelerator))
-        if method.oracle:  # upper-bound ablations only; the record marks them (oracle_task_id)
-            method.set_eval_task(index)
-        ids = generate(model, loader, eos_id=backbone.eos_id, max_new_tokens=cfg.max_new_tokens,
-                       accelerator=accelerator, **method_hooks(method))
-        if accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            ids = {i: seq for part in gather_object([ids]) for i, seq in part.items()}
-        if method.oracle:
-            method.set_eval_task(None)
-        predictions = [backbone.decode(ids[i]) for i in range(len(encoded))]
-        result = task.score(predictions, encoded.split, mode=cfg.scoring_mode)
-        out[name] = {"accuracy": result.accuracy, "n": result.n, "examples": predictions[:3],
-                     "per_sample": records.encode_scores(result.per_sample, result.counted)}
-        report = method.evaluation_report(name)
-        if report:
-            out[name]["method"] = report
-    return out
-
-
-def encode_test_sets(cfg: RunConfig, task_list: list, backbone) -> dict[str, tuple[Any, EncodedSplit]]:
-    """The test split of every task, encoded for ``evaluate_all`` (the same data a run evaluates on)."""
-    spec = cfg.data_spec()
-    return {t.name: (t, encode_split(backbone, t.load("test", spec))) for t in task_list}
-
-
-def warm_eval_batches(test_sets: dict[str, tuple[Any, EncodedSplit]], backbone, cfg: RunConfig, accelerator) -> None:
-    """Collate every test split's evaluation batches now, without touching the global RNG.
-
-    A DataLoader draws its base seed from torch's global RNG each time it is iterated, and the eval
-    batches are collated once (at row 0) and replayed afterwards. A process that restores a run's RNG
-    state mid-stream (``--resume``, ``checkpoint.evaluate_loaded``) must not draw again when it first
-    evaluates, or every later draw (router noise, new experts) would differ from the uninterrupted
-    run's; warming the cache here, inside a forked RNG, makes its evaluations draw-free too."""
-    with torch.random.fork_rng(devices=[]):
-        for _, encoded in test_sets.values():
-            for _ in eval_loader(backbone, encoded, cfg.eval_batch_size, indices=_shard(len(encoded), accelerator)):
-                pass
-
-
-def _shard(n: int, accelerator) -> list[int] | None:
-    """This rank's record indices of an n-record test set (None = all, single process)."""
-    if accelerator.num_processes == 1:
-        return None
-    with accelerator.split_between_processes(list(range(n))) as part:
-        return list(part)
-
-
-def attach_method(cfg: RunConfig, backbone, model, task_list: list, accelerator, method=None):
-    """Build (unless given) the configured method and attach it to the stage-0 model; switch on the
-    projector when the config trains it. Shared by ``run`` and ``bench.checkpoint.load_after_task``.
-    Returns (method, projector parameters)."""
-    from methods.base import MethodContext
-
-    method = method if method is not None else methods.build(cfg.method, cfg.method_set)
-    ctx = MethodContext(num_tasks=len(task_list), steps_per_task=cfg.steps_per_task, device=accelerator.device,
-                        image_token_id=backbone.image_token_id, run_seed=cfg.seed)
-    method.attach(model, ctx)
-    # CoIN's LoRA recipe may also train the projector (--train-projector); frozen by default (spec).
-    projector = list(model.model.multi_modal_projector.parameters()) if cfg.train_projector else []
-    for p in projector:
-        p.requires_grad_(True)
-    return method, projector
-
-
-def plan_line(cfg: RunConfig, method, task_list: list, plan, processes: int, run_id: str,
-              resumed_after: int | None = None) -> str:
-    """The one line a run prints before any work: method, tasks, budget, seed and where the base
-    model comes from (shipped / cached / training and why)."""
-    names = [t.name for t in task_list]
-    budget = f"{cfg.steps_per_task} steps x batch {cfg.batch_size}"
-    if cfg.grad_accum > 1:
-        budget += f" x accum {cfg.grad_accum}"
-    if processes > 1:
-        budget += f" x {processes} processes"
-    unit = f"per task ({len(names)} tasks in one joint stage)" if method.joint_training else "per task"
-    resume = "" if resumed_after is None else f", resuming after task {resumed_after}"
-    return (f"run {run_id}: {method.name} on {cfg.tasks} ({', '.join(names)}), {budget} {unit}, seed {cfg.seed}, "
-            f"preset {cfg.preset}{resume}; base: {plan.describe(cfg)}")
-
-
 def _resume_point(run_dir: Path, out_dir: Path) -> checkpoint.TaskCheckpoint:
     """The last finished task's checkpoint of an interrupted run."""
     record = out_dir / "runs" / f"{run_dir.name}.json"
@@ -184,6 +67,48 @@ def _resume_point(run_dir: Path, out_dir: Path) -> checkpoint.TaskCheckpoint:
     return checkpoint.load_task_checkpoint(run_dir, done[-1])
 
 
+@dataclass
+class _Run:
+    """What one run holds while it runs: set up by ``_start``, filled by ``_load``."""
+
+    cfg: RunConfig
+    method: Any
+    task_list: list
+    out_dir: Path
+    run_id: str
+    run_dir: Path
+    resumed: checkpoint.TaskCheckpoint | None
+    accelerator: Any
+    plan: Any
+    timer: PhaseTimer = field(default_factory=PhaseTimer)
+    wall_start: float = field(default_factory=time.perf_counter)
+    spec: Any = None
+    backbone: Any = None
+    stage0: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+    train_sets: dict[str, EncodedSplit] = field(default_factory=dict)
+    test_sets: dict[str, tuple[Any, EncodedSplit]] = field(default_factory=dict)
+    sources: dict[str, Any] = field(default_factory=dict)
+    projector: list = field(default_factory=list)
+    base: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Progress:
+    """The record pieces so far (one entry per finished stage; ``rows`` has row 0 first)."""
+
+    rows: list = field(default_factory=list)
+    parameters: list = field(default_factory=list)
+    reports: list = field(default_factory=list)
+    train_log: list = field(default_factory=list)
+    start: int = 0  # the first stage still to run
+
+    def as_checkpoint(self, r: _Run) -> dict[str, Any]:
+        return {"rows": self.rows, "parameters": self.parameters, "method_reports": self.reports,
+                "training": self.train_log, "wall_time": r.timer.seconds,
+                "elapsed": time.perf_counter() - r.wall_start}
+
+
 def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None = None) -> Path:
     """Run one method through the task sequence and write its record; returns the record's path.
 
@@ -191,13 +116,36 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
     tensors + state + record pieces, ``bench.checkpoint``). ``resume`` = such a run directory: the run
     continues after its last finished stage with the RNG state it had there, so the final record
     equals an uninterrupted run's (``cfg`` must be that run's config, ``checkpoint.read_run_config``)."""
-    from accelerate.utils import set_seed
-
     hooks = hooks or Hooks()
+    r = _start(cfg, resume)
+    _load(r)
+    r.method, r.projector = attach_method(cfg, r.backbone, r.model, r.task_list, r.accelerator, r.method)
+    r.base = checkpoint.base_identity(r.backbone, r.stage0)
+    stages = [("joint", r.task_list)] if r.method.joint_training else [(t.name, [t]) for t in r.task_list]
+    progress = _Progress(rows=[_evaluate_row(r)]) if r.resumed is None else _resume_progress(r)
+    for index, (stage_name, stage_tasks) in enumerate(stages):
+        if index < progress.start:
+            continue
+        _train_stage(r, index, stage_name, stage_tasks, progress, hooks)
+        rng_before_eval = rng_state()
+        progress.rows.append(_evaluate_row(r))
+        if r.accelerator.is_main_process:
+            accs = " ".join(f"{n}={progress.rows[-1][n]['accuracy']:.1f}" for n in r.test_sets)
+            print(f"[{r.method.name}] after {stage_name}: {accs}", flush=True)
+            if index == 0:
+                checkpoint.write_run_config(r.run_dir, cfg)
+            checkpoint.save_task_checkpoint(r.run_dir, index, r.method, progress.as_checkpoint(r), base=r.base,
+                                            rng=rng_state(), rng_before_eval=rng_before_eval)
+        r.accelerator.wait_for_everyone()
+    return _write(r, _record(r, stages, progress))
+
+
+def _start(cfg: RunConfig, resume: str | Path | None) -> _Run:
+    """Names, folders, accelerator and seed; prints the plan line. Bad names, ``--set`` values and an
+    unwritable output folder fail here, before any work."""
     wall_start = time.perf_counter()
-    timer = PhaseTimer()
     task_list = ordered_tasks(cfg)
-    method = methods.build(cfg.method, cfg.method_set)  # bad names / --set values fail before any work
+    method = methods.build(cfg.method, cfg.method_set)
     out_dir = Path(cfg.out)
     _check_writable(out_dir / "runs")
     # The run id is fixed at the start: it names the run directory the checkpoints go to. The
@@ -208,134 +156,123 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
     accelerator = make_accelerator(cfg)
     sharding.check_method(method, accelerator)
     if accelerator.num_processes > 1 and resume is None:  # every rank uses rank 0's run id and directory
-        from accelerate.utils import broadcast_object_list
-
         run_id = broadcast_object_list([run_id])[0]
         run_dir = checkpoint.run_dir_for(out_dir, run_id)
     set_seed(cfg.seed)
-    from bench.base_model import load_base, plan_base
-
     plan = plan_base(cfg, task_list)  # decides only: nothing is trained or rendered here
     if accelerator.is_main_process:
         print(plan_line(cfg, method, task_list, plan, accelerator.num_processes, run_id,
                         None if resumed is None else resumed.index), flush=True)
+    return _Run(cfg=cfg, method=method, task_list=task_list, out_dir=out_dir, run_id=run_id, run_dir=run_dir,
+                resumed=resumed, accelerator=accelerator, plan=plan, wall_start=wall_start)
 
+
+def _load(r: _Run) -> None:
+    """Every split, the stage-0 base model and every split encoded for it."""
     # Read (and validate) every split before stage 0, so malformed data or a missing image fails in
     # seconds, before any training; images stay lazy until a batch needs them.
     t0 = time.perf_counter()
-    spec = cfg.data_spec()
-    splits = {task.name: (task.load("train", spec), task.load("test", spec)) for task in task_list}
-    timer.add("data", t0)
+    r.spec = r.cfg.data_spec()
+    splits = {task.name: (task.load("train", r.spec), task.load("test", r.spec)) for task in r.task_list}
+    r.timer.add("data", t0)
 
     t0 = time.perf_counter()
-    backbone, stage0 = load_base(cfg, task_list, accelerator, plan)
-    timer.add("stage0", t0)
-    model = backbone.model.to(accelerator.device)
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
+    r.backbone, r.stage0 = load_base(r.cfg, r.task_list, r.accelerator, r.plan)
+    r.timer.add("stage0", t0)
+    r.model = r.backbone.model.to(r.accelerator.device)
+    if r.cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(r.model)
 
     t0 = time.perf_counter()
-    train_sets: dict[str, EncodedSplit] = {}
-    test_sets: dict[str, tuple[Any, EncodedSplit]] = {}
-    sources: dict[str, Any] = {}
-    for task in task_list:
+    for task in r.task_list:
         train_split, test_split = splits[task.name]
-        train_sets[task.name] = encode_split(backbone, train_split)
-        test_sets[task.name] = (task, encode_split(backbone, test_split))
-        sources[task.name] = {"train": train_split.source, "test": test_split.source}
-    timer.add("data", t0)
+        r.train_sets[task.name] = encode_split(r.backbone, train_split)
+        r.test_sets[task.name] = (task, encode_split(r.backbone, test_split))
+        r.sources[task.name] = {"train": train_split.source, "test": test_split.source}
+    r.timer.add("data", t0)
 
-    method, projector = attach_method(cfg, backbone, model, task_list, accelerator, method)
-    base = checkpoint.base_identity(backbone, stage0)
 
-    def evaluate_row() -> dict[str, dict[str, Any]]:
+def _evaluate_row(r: _Run) -> dict[str, dict[str, Any]]:
+    """One row of the accuracy matrix (every task), plus the tracked lm-eval tasks (``--track``)."""
+    t = time.perf_counter()
+    row = evaluate_all(r.model, r.method, r.backbone, r.test_sets, r.cfg, r.accelerator)
+    r.timer.add("evaluation", t)
+    if r.cfg.track:  # lm-eval is imported only by runs that track its tasks
+        from bench.lmeval_eval import track_row
+
         t = time.perf_counter()
-        row = evaluate_all(model, method, backbone, test_sets, cfg, accelerator)
-        timer.add("evaluation", t)
-        if cfg.track:  # lm-eval tasks next to the CoIN accuracies (--track lmeval:TASK)
-            from bench.lmeval_eval import track_row
+        row.update(track_row(r.cfg, r.model, r.method, r.backbone, r.accelerator))
+        r.timer.add("tracking", t)
+    return row
 
-            t = time.perf_counter()
-            row.update(track_row(cfg, model, method, backbone, accelerator))
-            timer.add("tracking", t)
-        return row
 
-    stages = [("joint", task_list)] if method.joint_training else [(t.name, [t]) for t in task_list]
-    if resumed is None:
-        rows = [evaluate_row()]
-        parameters, reports, train_log = [], [], []
-        start = 0
-    else:
-        checkpoint.check_base(resumed, base)
-        checkpoint.restore_method(method, resumed)
-        progress = resumed.state["progress"]
-        rows, parameters = progress["rows"], progress["parameters"]
-        reports, train_log = progress["method_reports"], progress["training"]
-        for phase, seconds in progress["wall_time"].items():
-            timer.seconds[phase] = timer.seconds.get(phase, 0.0) + seconds
-        wall_start -= progress["elapsed"]
-        start = resumed.index + 1
-        warm_eval_batches(test_sets, backbone, cfg, accelerator)  # row 0 collated them in the original run
-        set_rng_state(resumed.state["rng"])  # last: nothing above may draw after this
-    for index, (stage_name, stage_tasks) in enumerate(stages):
-        if index < start:
-            continue
-        encoded = train_sets[stage_name] if len(stage_tasks) == 1 and not method.joint_training else \
-            ConcatEncoded([train_sets[t.name] for t in stage_tasks])
-        loader = train_loader(backbone, encoded, cfg.batch_size, seed=cfg.seed * 1000 + index)
-        stage_task = stage_tasks[0] if len(stage_tasks) == 1 else stage_tasks
-        steps = cfg.steps_per_task * len(stage_tasks)
-        t = time.perf_counter()
-        method.begin_task(index, stage_task, loader)
-        timer.add("method", t)
-        done = train_task(model, method, index, stage_task, loader, steps, accelerator=accelerator, lr=cfg.lr,
-                          warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, extra_parameters=projector,
-                          desc=f"{method.name} {stage_name}", compile=cfg.compile,
-                          around_phase=(lambda: hooks.before_train(index, method, model),
-                                        lambda: hooks.after_train(index, method, model)))
-        timer.seconds["training"] = timer.seconds.get("training", 0.0) + done.training_seconds
-        timer.seconds["method"] = timer.seconds.get("method", 0.0) + done.method_seconds
-        counts = method.parameter_counts()
-        t = time.perf_counter()
-        method.end_task(index, stage_task, loader)
-        timer.add("method", t)
-        counts["trained"] = done.trained_parameters + done.evolved_parameters
-        counts["evolved"] = done.evolved_parameters
-        parameters.append({"after": stage_name, **counts})
-        reports.append({"after": stage_name, **method.task_report()})
-        train_log.append({"after": stage_name, **done.log_entry()})
-        rng_before_eval = rng_state()
-        rows.append(evaluate_row())
-        if accelerator.is_main_process:
-            accs = " ".join(f"{n}={rows[-1][n]['accuracy']:.1f}" for n in test_sets)
-            print(f"[{method.name}] after {stage_name}: {accs}", flush=True)
-            progress = {"rows": rows, "parameters": parameters, "method_reports": reports, "training": train_log,
-                        "wall_time": timer.seconds, "elapsed": time.perf_counter() - wall_start}
-            if index == 0:
-                checkpoint.write_run_config(run_dir, cfg)
-            checkpoint.save_task_checkpoint(run_dir, index, method, progress, base=base, rng=rng_state(),
-                                            rng_before_eval=rng_before_eval)
-        accelerator.wait_for_everyone()
+def _resume_progress(r: _Run) -> _Progress:
+    """The record pieces of the interrupted run; the method and the generators as they were after its
+    last finished stage."""
+    checkpoint.check_base(r.resumed, r.base)
+    checkpoint.restore_method(r.method, r.resumed)
+    saved = r.resumed.state["progress"]
+    for phase, seconds in saved["wall_time"].items():
+        r.timer.seconds[phase] = r.timer.seconds.get(phase, 0.0) + seconds
+    r.wall_start -= saved["elapsed"]
+    progress = _Progress(rows=saved["rows"], parameters=saved["parameters"], reports=saved["method_reports"],
+                         train_log=saved["training"], start=r.resumed.index + 1)
+    warm_eval_batches(r.test_sets, r.backbone, r.cfg, r.accelerator)  # row 0 collated them in the original run
+    set_rng_state(r.resumed.state["rng"])  # last: nothing above may draw after this
+    return progress
 
-    names = [t.name for t in task_list]
-    matrix = [[round(r[n]["accuracy"], 4) for n in names] for r in rows]
-    timer.seconds["total"] = time.perf_counter() - wall_start
-    record = {
+
+def _train_stage(r: _Run, index: int, stage_name: str, stage_tasks: list, progress: _Progress, hooks: Hooks) -> None:
+    """begin_task -> the method's training phases -> end_task for one stage; appends its record pieces."""
+    method, timer = r.method, r.timer
+    encoded = r.train_sets[stage_name] if len(stage_tasks) == 1 and not method.joint_training else \
+        ConcatEncoded([r.train_sets[t.name] for t in stage_tasks])
+    loader = train_loader(r.backbone, encoded, r.cfg.batch_size, seed=r.cfg.seed * 1000 + index)
+    stage_task = stage_tasks[0] if len(stage_tasks) == 1 else stage_tasks
+    steps = r.cfg.steps_per_task * len(stage_tasks)
+    t = time.perf_counter()
+    method.begin_task(index, stage_task, loader)
+    timer.add("method", t)
+    done = train_task(r.model, method, index, stage_task, loader, steps, accelerator=r.accelerator, lr=r.cfg.lr,
+                      warmup_ratio=r.cfg.warmup_ratio, weight_decay=r.cfg.weight_decay,
+                      extra_parameters=r.projector, desc=f"{method.name} {stage_name}", compile=r.cfg.compile,
+                      around_phase=(lambda: hooks.before_train(index, method, r.model),
+                                    lambda: hooks.after_train(index, method, r.model)))
+    timer.seconds["training"] = timer.seconds.get("training", 0.0) + done.training_seconds
+    timer.seconds["method"] = timer.seconds.get("method", 0.0) + done.method_seconds
+    counts = method.parameter_counts()
+    t = time.perf_counter()
+    method.end_task(index, stage_task, loader)
+    timer.add("method", t)
+    counts["trained"] = done.trained_parameters + done.evolved_parameters
+    counts["evolved"] = done.evolved_parameters
+    progress.parameters.append({"after": stage_name, **counts})
+    progress.reports.append({"after": stage_name, **method.task_report()})
+    progress.train_log.append({"after": stage_name, **done.log_entry()})
+
+
+def _record(r: _Run, stages: list, progress: _Progress) -> dict[str, Any]:
+    """The run record (``bench.records`` validates it when it is written)."""
+    cfg, spec, accelerator, rows = r.cfg, r.spec, r.accelerator, progress.rows
+    names = [t.name for t in r.task_list]
+    matrix = [[round(row[n]["accuracy"], 4) for n in names] for row in rows]
+    r.timer.seconds["total"] = time.perf_counter() - r.wall_start
+    return {
         "record_version": records.RECORD_VERSION,
-        "run_id": run_id,
-        "run_dir": f"runs/{run_id}",  # per-task checkpoints (bench.checkpoint); git-ignored
-        "resumed_after_task": None if resumed is None else resumed.index,
-        "method": method.name,
-        "hparams": method.hparams_dict(),
-        "joint_training": method.joint_training,
-        "oracle_task_id": method.oracle,
+        "run_id": r.run_id,
+        "run_dir": f"runs/{r.run_id}",  # per-task checkpoints (bench.checkpoint); git-ignored
+        "resumed_after_task": None if r.resumed is None else r.resumed.index,
+        "method": r.method.name,
+        "hparams": r.method.hparams_dict(),
+        "joint_training": r.method.joint_training,
+        "oracle_task_id": r.method.oracle,
         "tasks": names,
         "suite": cfg.tasks,
         "data": {"source": spec.source, "data_seed": cfg.data_seed, "instructions": cfg.instructions,
                  "mini_train": cfg.mini_train if spec.source == "coin-mini" else None,
                  "mini_test": cfg.mini_test if spec.source == "coin-mini" else None,
-                 "limit_train": cfg.limit_train, "limit_test": cfg.limit_test, "splits": sources},
-        "backbone": {**backbone.description, "stage0": stage0},
+                 "limit_train": cfg.limit_train, "limit_test": cfg.limit_test, "splits": r.sources},
+        "backbone": {**r.backbone.description, "stage0": r.stage0},
         "seeds": {"run": cfg.seed, "data": cfg.data_seed, "task_order": cfg.task_order_seed},
         "budget": {"steps_per_task": cfg.steps_per_task, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
                    "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "preset": cfg.preset,
@@ -344,31 +281,31 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
         "scoring_mode": cfg.scoring_mode,
         "accuracy_matrix": matrix,
         "matrix_rows": ["base"] + [s for s, _ in stages],
-        "scores": [{n: r[n] for n in names} for r in rows],
-        "tracked": {k: [r[k] for r in rows] for k in cfg.track},  # one entry per matrix row
+        "scores": [{n: row[n] for n in names} for row in rows],
+        "tracked": {k: [row[k] for row in rows] for k in cfg.track},  # one entry per matrix row
         "metrics": summarize(matrix),
-        "parameters": parameters,
-        "method_reports": reports,
-        "training": train_log,
-        "wall_time": {k: round(v, 3) for k, v in timer.seconds.items()},
+        "parameters": progress.parameters,
+        "method_reports": progress.reports,
+        "training": progress.train_log,
+        "wall_time": {k: round(v, 3) for k, v in r.timer.seconds.items()},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "versions": records.package_versions(),
         "git_commit": records.git_commit(),
         "config": cfg.to_dict(),
     }
-    path = out_dir / "runs" / f"{record['run_id']}.json"
-    if accelerator.is_main_process:
-        path = records.write_record(record, out_dir)
-        from bench.perf.report import time_split
 
+
+def _write(r: _Run, record: dict[str, Any]) -> Path:
+    """Rank 0 writes the record and prints where the time went; every rank returns its path."""
+    path = r.out_dir / "runs" / f"{record['run_id']}.json"
+    if r.accelerator.is_main_process:
+        path = records.write_record(record, r.out_dir)
         print(time_split(record["wall_time"], record["peak_rss_mb"]), flush=True)
-    accelerator.wait_for_everyone()
+    r.accelerator.wait_for_everyone()
     return path
 
 
 def _check_writable(folder: Path) -> None:
-    from bench.config import ConfigError
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-probe-{time.time_ns()}"

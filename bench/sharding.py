@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from bench.config import ConfigError
+from methods.base import ContinualMethod
 
 FSDP, DEEPSPEED = "fsdp", "deepspeed"
 
@@ -111,8 +112,6 @@ def check_accelerator(accelerator) -> None:
 
 def check_method(method, accelerator) -> None:
     """A method that updates parameters outside the optimizer cannot be trained under FSDP."""
-    from methods.base import ContinualMethod
-
     if kind(accelerator) == FSDP and type(method).after_optimizer_step is not ContinualMethod.after_optimizer_step:
         raise ConfigError(f"method {method.name} changes parameters after every optimiser step outside the optimizer "
                           "(after_optimizer_step), through references that FSDP replaces by shards during a training "

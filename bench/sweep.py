@@ -17,13 +17,13 @@ the leaderboard is regenerated from ``OUT/runs/``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.checkpoint import config_key, existing_records, resumable_runs
 from bench.config import ConfigError, RunConfig, build_config
 
 # The `run` flags a sweep shares (everything but --method, --seed, --set and the lm-eval tracking
@@ -65,11 +65,6 @@ class PlannedRun:
     resume: Path | None = None
 
 
-def config_key(config: dict[str, Any]) -> str:
-    """A canonical text form of a resolved config dict (JSON types, sorted keys), for equality."""
-    return json.dumps(json.loads(json.dumps(config, default=str)), sort_keys=True)
-
-
 def resolve_methods(spec: str) -> list[str]:
     """``all`` → every registered method (sorted); otherwise a comma list, each name checked (an
     unknown name raises MethodError listing the valid ones). Order kept, duplicates dropped."""
@@ -94,44 +89,6 @@ def parse_seeds(spec: str) -> list[int]:
     if not seeds:
         raise ConfigError(f"--seeds expects comma-separated integers such as 0,1,2, got {spec!r}.")
     return seeds
-
-
-def recorded_key(config: dict[str, Any]) -> str:
-    """``config_key`` of a config read from a record or run directory. A top-level field the record
-    lacks (added to RunConfig after it was written) counts as that field's default, so a new knob at its
-    default does not make every old record a different config."""
-    return config_key({**RunConfig().to_dict(), **config})
-
-
-def existing_records(runs_dir: Path) -> dict[str, Path]:
-    """config key → record path for every readable record directly under ``runs_dir``. Files that are
-    not JSON objects with a ``config`` are ignored here (the leaderboard reports them)."""
-    found: dict[str, Path] = {}
-    for path in sorted(Path(runs_dir).glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(record, dict) and isinstance(record.get("config"), dict):
-            found.setdefault(recorded_key(record["config"]), path)
-    return found
-
-
-def resumable_runs(runs_dir: Path) -> dict[str, Path]:
-    """config key → run directory for every interrupted run under ``runs_dir``: a ``<run_id>/`` with a
-    ``config.json`` and at least one finished task but no ``<run_id>.json`` record (newest id wins)."""
-    from bench.checkpoint import CONFIG, finished_tasks
-
-    found: dict[str, Path] = {}
-    for config in sorted(Path(runs_dir).glob(f"*/{CONFIG}")):
-        run_dir = config.parent
-        if (run_dir.parent / f"{run_dir.name}.json").exists() or not finished_tasks(run_dir):
-            continue
-        try:
-            found[recorded_key(json.loads(config.read_text()))] = run_dir
-        except (OSError, json.JSONDecodeError):
-            continue
-    return found
 
 
 def plan(method_names: list[str], seeds: list[int], preset: str, overrides: dict[str, Any]) -> list[PlannedRun]:
@@ -237,7 +194,7 @@ def run_sweep(planned: list[PlannedRun], out_dir: Path, *, plots: bool = True, p
 
 
 def command(args: argparse.Namespace) -> int:
-    from bench.jobs import parse_shard, shard, submit
+    from bench.jobs import parse_shard, shard, submit  # jobs imports the run loop (torch, accelerate)
 
     part = parse_shard(args.shard)
     planned = shard(plan(resolve_methods(args.methods), parse_seeds(args.seeds), args.preset,

@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 
 from bench import sharding
 from bench.frozen import modules_fingerprint
+from bench.kv_cache import KVRooms
+from bench.lora import merged_for_eval
 
 MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "labels")
 
@@ -289,8 +291,6 @@ def generate(model: nn.Module, loader, *, eos_id: int, max_new_tokens: int, acce
     (``mm_encoder_outputs``) on later rows instead of running the vision tower and projector again,
     but only while ``vision_fingerprint`` proves that path unchanged; the features are the exact
     tensors the first prefill scattered into the prompt, so the predictions are identical."""
-    from bench.lora import merged_for_eval
-
     model.eval()
     with merged_for_eval(model):
         return _generate(model, loader, eos_id=eos_id, max_new_tokens=max_new_tokens, accelerator=accelerator,
@@ -302,8 +302,6 @@ def _generate(model: nn.Module, loader, *, eos_id: int, max_new_tokens: int, acc
               before_forward: Callable[[dict, str], None], select_rows: Callable[[torch.Tensor | None], None],
               split_rows: bool, prefill_chunk: int) -> dict[int, list[int]]:
     from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-    from bench.kv_cache import KVRooms
 
     device = accelerator.device
     results: dict[int, list[int]] = {}

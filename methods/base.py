@@ -25,6 +25,9 @@ from typing import Any, ClassVar, Iterable, Iterator
 import torch
 from torch import nn
 
+from bench.metrics import count_parameters
+from methods.state import checkpoint_state, restore as restore_state
+
 
 @dataclass
 class MethodContext:
@@ -157,8 +160,6 @@ class ContinualMethod:
     # --- reporting -------------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
         """total / trained (this task) / activated per token (see bench.metrics.count_parameters)."""
-        from bench.metrics import count_parameters
-
         return count_parameters(self.model, self)
 
     def inactive_parameters_per_token(self) -> int:
@@ -201,13 +202,9 @@ class ContinualMethod:
         of the base model (LoRA, experts, routers, row masks, base tensors trained in place) under
         ``model.<name>``, the tensors inside ``state_dict()`` under ``method.<path>``, and JSON metadata
         (method name, hyper-parameters, which parameters were trainable, the method's own state)."""
-        from methods.state import checkpoint_state
-
         return checkpoint_state(self)
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Inverse of ``checkpoint_state`` on a freshly attached method: re-grow, load, set flags.
         Raises ``methods.state.StateError`` when the checkpoint does not fit this method and model."""
-        from methods.state import restore
-
-        restore(self, tensors, meta)
+        restore_state(self, tensors, meta)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from bench import checkpoint
+from bench import checkpoint, restore
 from bench.data import eval_loader
 from bench.protocol import encode_test_sets
 
@@ -25,7 +25,7 @@ def assert_round_trip(cfg, record, method, model) -> None:
     last = len(record["accuracy_matrix"]) - 2
     assert checkpoint.finished_tasks(run_dir) == list(range(last + 1))
 
-    loaded = checkpoint.load_after_task(run_dir, cache_dir=cfg.cache_dir)
+    loaded = restore.load_after_task(run_dir, cache_dir=cfg.cache_dir)
     assert loaded.task_index == last and loaded.task_names == record["tasks"]
     live, restored = model.state_dict(), loaded.model.state_dict()
     assert list(live) == list(restored)

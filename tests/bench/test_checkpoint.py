@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import checkpoint
+from bench import checkpoint, restore
 from bench.protocol import run
 from bench.records import read_record
 
@@ -42,9 +42,9 @@ def test_every_task_leaves_a_checkpoint_next_to_the_record(finished_run):
 @pytest.mark.parametrize("k", [0, 1])
 def test_load_after_task_reproduces_the_recorded_row(finished_run, k):
     cfg, record, run_dir = finished_run
-    loaded = checkpoint.load_after_task(run_dir, k, cache_dir=cfg.cache_dir)
+    loaded = restore.load_after_task(run_dir, k, cache_dir=cfg.cache_dir)
     assert loaded.task_names == record["tasks"] and loaded.cfg.to_dict() == cfg.to_dict()
-    row = checkpoint.evaluate_loaded(loaded)
+    row = restore.evaluate_loaded(loaded)
     assert [round(row[n]["accuracy"], 4) for n in loaded.task_names] == record["accuracy_matrix"][k + 1]
     assert [row[n]["examples"] for n in loaded.task_names] == \
         [record["scores"][k + 1][n]["examples"] for n in loaded.task_names]

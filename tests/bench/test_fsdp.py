@@ -19,8 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import checkpoint
+from bench import checkpoint, restore
 from bench.records import read_record
+from net import free_port  # tests/ is on sys.path through its conftest.py
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "bench" / "configs" / "fsdp-8gpu.yaml"
@@ -54,7 +57,7 @@ run(cfg, Hooks(after_train=after_train), resume=sys.argv[5] if len(sys.argv) > 5
 def _launch(script: Path, cfg, out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run(["accelerate", "launch", "--config_file", str(CONFIG), "--num_processes", "2",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29537",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                            str(script), json.dumps(cfg.to_dict()), str(out), cfg.cache_dir, *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
@@ -98,8 +101,8 @@ def test_fsdp_two_processes_kill_resume_match_one_process(tiny_config, tmp_path)
     assert size > 0 and distance / size < 0.8, float(distance / size)
 
     # the sharded run's checkpoint holds full tensors: one process rebuilds the model after task 1
-    loaded = checkpoint.load_after_task(run_dir, 1, cache_dir=cfg.cache_dir)
-    row = checkpoint.evaluate_loaded(loaded)
+    loaded = restore.load_after_task(run_dir, 1, cache_dir=cfg.cache_dir)
+    row = restore.evaluate_loaded(loaded)
     recorded = loaded.state["progress"]["rows"][loaded.task_index + 1]   # the row the run recorded
     assert {n: row[n]["accuracy"] for n in loaded.task_names} == {n: recorded[n]["accuracy"] for n in loaded.task_names}
 

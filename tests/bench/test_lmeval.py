@@ -14,7 +14,7 @@ import torch
 @pytest.fixture(scope="module")
 def trained(session_cache, tmp_path_factory):
     """A tiny seq-ft run over imagenet (one task, checkpointed) and the model reloaded after it."""
-    from bench.checkpoint import load_after_task
+    from bench.restore import load_after_task
     from bench.config import Stage0Spec, build_config
     from bench.protocol import run
     from bench.records import read_record
