@@ -99,6 +99,25 @@ class MoEMethod(ContinualMethod):
         layers = decoder_layers(model)
         self.layers = {i: layers[i].mlp for i in ids}
 
+    def install_if_saved(self, installed: bool) -> None:
+        """On resume, on a freshly attached method: install the MoE layers when the saved method had
+        them, so the saved tensors find their parameters."""
+        if installed and not self.layers:
+            self.install(self.model)
+
+    def check_saved_layers(self, saved: list[int]) -> None:
+        """A restored method must have its MoE in exactly the saved decoder layers."""
+        if sorted(self.layers) != list(saved):
+            raise ValueError(f"saved MoE layers {saved} != installed {sorted(self.layers)}")
+
+    def freeze_moe(self) -> None:
+        """Freeze every expert and every router row group of every MoE layer (what a method that grows
+        does before adding the new task's part)."""
+        for layer in self.layers.values():
+            layer.experts.freeze()
+            for router in layer.routers:
+                router.freeze()
+
     # --- training hooks --------------------------------------------------------------------------
     def auxiliary_loss(self) -> torch.Tensor | None:
         if self.hp.aux_loss_coef == 0 or not self.layers:

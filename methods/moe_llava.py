@@ -152,7 +152,5 @@ class MoELLaVA(MoEMethod):
         return {"converted": self.converted, "moe_layers": sorted(self.layers)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("converted") and not self.converted:
-            self.install(self.model)
-        if sorted(self.layers) != list(state.get("moe_layers", [])):
-            raise ValueError(f"saved MoE layers {state.get('moe_layers')} != installed {sorted(self.layers)}")
+        self.install_if_saved(bool(state.get("converted")))
+        self.check_saved_layers(state.get("moe_layers", []))

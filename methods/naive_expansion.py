@@ -92,9 +92,8 @@ class NaiveExpansion(MoEMethod):
             self.install(self.model)
         else:
             K = self.hp.experts_per_task
+            self.freeze_moe()
             for layer in self.layers.values():
-                layer.experts.freeze()
-                layer.router.freeze()
                 layer.experts.append(K)
                 layer.router.append_rows(K)  # its own parameter group: frozen as a whole next task
                 if self.hp.new_row_init == "zero":
@@ -127,5 +126,4 @@ class NaiveExpansion(MoEMethod):
             raise RuntimeError("load_state_dict expects a freshly attached method")
         for _ in range(int(state["tasks_seen"])):
             self._expand()
-        if sorted(self.layers) != list(state.get("moe_layers", [])):
-            raise ValueError(f"saved MoE layers {state.get('moe_layers')} != installed {sorted(self.layers)}")
+        self.check_saved_layers(state.get("moe_layers", []))

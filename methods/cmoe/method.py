@@ -174,12 +174,6 @@ class CMoE(MoEMethod):
         """Tasks with both a router and a VAE (i.e. past ``end_task``)."""
         return min(len(self.locator), min((len(m.routers) for m in self.layers.values()), default=0))
 
-    def _freeze_all(self) -> None:
-        for layer in self.layers.values():
-            layer.experts.freeze()
-            for router in layer.routers:
-                router.freeze()
-
     def _moe_numel(self) -> int:
         """Parameters of the MoE layers beyond the frozen FFNs (experts + routers)."""
         return sum(p.numel() for m in self.layers.values() for n, p in m.named_parameters()
@@ -196,7 +190,7 @@ class CMoE(MoEMethod):
                                    "added_parameters_if_every_layer_expanded": self._moe_numel()}
             self._train_choice = 0
         else:
-            self._freeze_all()
+            self.freeze_moe()
         self.reset_usage()
 
     def training_phases(self, task_index: int, task, train_loader, steps: int):
@@ -283,7 +277,7 @@ class CMoE(MoEMethod):
                             "vae_parameters": sum(p.numel() for p in vae.parameters()),
                             "locator_parameters": self.locator.num_parameters(),
                             "seconds": round(time.perf_counter() - start, 3)}
-        self._freeze_all()
+        self.freeze_moe()
 
     # --- routing ---------------------------------------------------------------------------------
     def before_forward(self, batch: dict[str, torch.Tensor], phase: str) -> None:
@@ -379,10 +373,8 @@ class CMoE(MoEMethod):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"cmoe state version {state.get('version')} != {STATE_VERSION}")
-        if state["installed"] and not self.layers:
-            self.install(self.model)
-        if sorted(self.layers) != list(state["moe_layers"]):
-            raise ValueError(f"saved MoE layers {state['moe_layers']} != installed {sorted(self.layers)}")
+        self.install_if_saved(state["installed"])
+        self.check_saved_layers(state["moe_layers"])
         for i, layer in self.layers.items():
             grow = state["experts_per_layer"][str(i)] - layer.experts.num_experts
             if grow < 0:
@@ -395,7 +387,7 @@ class CMoE(MoEMethod):
             layer.routers[0] = self._router_with_groups(layer.experts.d_in, groups[0], device)
             for g in groups[1:]:
                 layer.add_router(self._router_with_groups(layer.experts.d_in, g, device))
-        self._freeze_all()
+        self.freeze_moe()
         self.locator = TaskLocator()
         if state["locator_tasks"]:
             self.locator.rebuild(state["feature_dim"], state["locator_tasks"], self.hp.vae_hidden, self.hp.vae_latent)
