@@ -14,6 +14,8 @@ from bench.jobs import RunJob, parse_shard, shard
 from bench.records import read_record
 from bench.sweep import plan
 
+pytestmark = pytest.mark.integration
+
 TINY = ["--tasks", "vqav2,imagenet", "--steps-per-task", "4", "--batch-size", "8", "--limit-train", "64",
         "--limit-test", "16"]
 

@@ -17,6 +17,9 @@ import pytest
 from bench import checkpoint
 from bench.protocol import run
 from bench.records import decode_scores, per_sample_accuracy, read_record
+from net import free_port  # tests/ is on sys.path through its conftest.py
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 15.0
@@ -37,7 +40,7 @@ def test_two_processes_write_one_record_close_to_the_single_process_run(tiny_con
     out = tmp_path / "multi"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                           str(script), json.dumps(cfg.to_dict()), str(out), cfg.cache_dir],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -10,11 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 from bench import checkpoint
 from bench.__main__ import main
 from bench.protocol import run
 from bench.records import read_record
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 START = """

@@ -16,6 +16,8 @@ from bench.records import read_record
 from bench.sweep import config_key, describe_plan, existing_records, parse_seeds, plan, resolve_methods, run_sweep
 from methods import MethodError
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
