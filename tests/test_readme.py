@@ -28,6 +28,6 @@ def test_readme_example_method_runs(tiny_config):
     hooks = FrozenCheck()
     record = read_record(run(tiny_config(method="norm-tune", method_set={"layers": "2"}), hooks))
     assert hooks.checked == 2
-    assert record["hparams"] == {"layers": 2}
+    assert record["hparams"] == {"layers": 2, "lr_scale": 1.0}  # lr_scale: every method's base hyper-parameter
     trained = record["parameters"][0]["trained"]
     assert 0 < trained < 1000  # two RMSNorm gain vectors per decoder layer, top 2 layers only
