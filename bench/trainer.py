@@ -142,7 +142,11 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     inner = getattr(model, "module", model)
     if not getattr(inner, "supports_gradient_checkpointing", False):
         raise RuntimeError(f"--gradient-checkpointing: {type(inner).__name__} does not support gradient checkpointing")
-    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(inner, "activation_checkpointing_enable"):  # the name since transformers 5.24
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _release(accelerator) -> None:
