@@ -12,7 +12,7 @@ alternate round by round and the medians are compared. Target: harness >= 5x fas
 ``--rows R`` (R >= 2) also times what a run does: R evaluation rows over the same records, the
 harness as it is (test batches collated once, image features reused while the vision tower and
 projector are provably unchanged) vs the same decoding with every row collating its batches and
-running the vision tower again (a plain DataLoader, the behaviour before issue 10); ``--compare-batch
+running the vision tower again (a plain DataLoader per row); ``--compare-batch
 B`` additionally decodes one row with eval batch B and reports whether any prediction changes.
 """
 from __future__ import annotations

@@ -149,3 +149,21 @@ def result(task: str, n: int, accuracy: float, per_sample: list[float], **extras
     ``printed`` is the accuracy as the script prints it (``{:.2f}``)."""
     return ScoreResult(task=task, mode="official", n=n, accuracy=accuracy, per_sample=per_sample,
                        extras={"printed": f"{accuracy:.2f}", **extras, "script_commit": COMMIT})
+
+
+def score_matched(inputs: Inputs, task: str, script: str, annotations_hint: str, key: Any, keyed_at: str,
+                  matched_at: str, how: str, correct: Any, total_at: str) -> ScoreResult:
+    """The control flow the id-keyed scripts share (VizWiz, VQAv2, OCR-VQA, grounding): key the
+    annotation file by ``key`` (a later record replaces an earlier one), look every prediction line up
+    in it, score each line with ``correct(where, row, record)`` and print ``100. * right / total`` over
+    the prediction lines; no line at all is the script's division by zero (``total_at``)."""
+    ann_path = inputs.require_annotations(script, annotations_hint)
+    table = keyed(load(ann_path), ann_path, key, keyed_at)
+    lines = match_lines(inputs, table, ann_path, key, matched_at, how)
+    per_sample = [float(correct(where, row, rec)) for where, row, rec, _ in lines]
+    if not lines:
+        raise nothing_to_score(inputs.predictions, total_at)
+    right = int(sum(per_sample))
+    return result(task, len(lines), 100. * right / len(lines), per_sample, n_predictions=len(lines),
+                  n_annotations=len(table), missing=len(set(table) - {k for *_, k in lines}),
+                  repeated=repeated(k for *_, k in lines), inputs=[str(ann_path), str(inputs.predictions)])

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.types import ScoreResult, TaskError
-from tasks.official.common import Inputs, get, keyed, load, match_lines, nothing_to_score, repeated, result
+from tasks.official.common import Inputs, get, score_matched
 from tasks.scoring import box_iou, grounding_parse_official
 
 SCRIPT = "eval_grounding.py"
@@ -61,13 +61,7 @@ def _correct(where: str, row: Any, record: Any) -> bool:
 
 
 def score(inputs: Inputs) -> ScoreResult:
-    ann_path = inputs.require_annotations(SCRIPT, "the CoIN test.json (question_id, answer_bbox and size)")
-    table = keyed(load(ann_path), ann_path, lambda q: q, f"{SCRIPT} line 55")
-    lines = match_lines(inputs, table, ann_path, lambda q: q, f"{SCRIPT} line 62", "as they are, without str()")
-    per_sample = [float(_correct(where, row, rec)) for where, row, rec, _ in lines]
-    if not lines:
-        raise nothing_to_score(inputs.predictions, f"{SCRIPT} line 97")
-    right = int(sum(per_sample))
-    return result("grounding", len(lines), 100. * right / len(lines), per_sample, n_predictions=len(lines),
-                  n_annotations=len(table), missing=len(set(table) - {k for *_, k in lines}),
-                  repeated=repeated(k for *_, k in lines), inputs=[str(ann_path), str(inputs.predictions)])
+    return score_matched(inputs, "grounding", SCRIPT,
+                         "the CoIN test.json (question_id, answer_bbox and size)", lambda q: q,
+                         f"{SCRIPT} line 55", f"{SCRIPT} line 62", "as they are, without str()", _correct,
+                         f"{SCRIPT} line 97")

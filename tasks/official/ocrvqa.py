@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.types import ScoreResult, TaskError
-from tasks.official.common import Inputs, get, keyed, load, match_lines, nothing_to_score, repeated, result
+from tasks.official.common import Inputs, get, score_matched
 
 SCRIPT = "eval_ocrvqa.py"
 
@@ -40,13 +40,7 @@ def _correct(where: str, row: Any, record: Any) -> bool:
 
 
 def score(inputs: Inputs) -> ScoreResult:
-    ann_path = inputs.require_annotations(SCRIPT, "the CoIN test.json (question_id and answer)")
-    table = keyed(load(ann_path), ann_path, lambda q: q, f"{SCRIPT} line 18")
-    lines = match_lines(inputs, table, ann_path, lambda q: q, f"{SCRIPT} line 25", "as they are, without str()")
-    per_sample = [float(_correct(where, row, rec)) for where, row, rec, _ in lines]
-    if not lines:
-        raise nothing_to_score(inputs.predictions, f"{SCRIPT} line 32")
-    right = int(sum(per_sample))
-    return result("ocrvqa", len(lines), 100. * right / len(lines), per_sample, n_predictions=len(lines),
-                  n_annotations=len(table), missing=len(set(table) - {k for *_, k in lines}),
-                  repeated=repeated(k for *_, k in lines), inputs=[str(ann_path), str(inputs.predictions)])
+    return score_matched(inputs, "ocrvqa", SCRIPT,
+                         "the CoIN test.json (question_id and answer)", lambda q: q,
+                         f"{SCRIPT} line 18", f"{SCRIPT} line 25", "as they are, without str()", _correct,
+                         f"{SCRIPT} line 32")

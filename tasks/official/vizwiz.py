@@ -19,20 +19,14 @@ for a normalised exact match (VQA soft accuracy where ten answers are given).
 from __future__ import annotations
 
 from tasks.types import ScoreResult
-from tasks.official.common import Inputs, keyed, load, match_lines, nothing_to_score, repeated, result
+from tasks.official.common import Inputs, score_matched
 from tasks.official.upper import upper_equal
 
 SCRIPT = "eval_vizwiz.py"
 
 
 def score(inputs: Inputs) -> ScoreResult:
-    ann_path = inputs.require_annotations(SCRIPT, "the CoIN val.json (question_id and answer)")
-    table = keyed(load(ann_path), ann_path, lambda q: q, f"{SCRIPT} line 18")
-    lines = match_lines(inputs, table, ann_path, lambda q: q, f"{SCRIPT} line 25", "as they are, without str()")
-    per_sample = [float(upper_equal(where, row, rec, f"{SCRIPT} line 26-28")) for where, row, rec, _ in lines]
-    if not lines:
-        raise nothing_to_score(inputs.predictions, f"{SCRIPT} line 31")
-    right = int(sum(per_sample))
-    return result("vizwiz", len(lines), 100. * right / len(lines), per_sample, n_predictions=len(lines),
-                  n_annotations=len(table), missing=len(set(table) - {k for *_, k in lines}),
-                  repeated=repeated(k for *_, k in lines), inputs=[str(ann_path), str(inputs.predictions)])
+    return score_matched(inputs, "vizwiz", SCRIPT,
+                         "the CoIN val.json (question_id and answer)", lambda q: q,
+                         f"{SCRIPT} line 18", f"{SCRIPT} line 25", "as they are, without str()", lambda where, row, rec: upper_equal(where, row, rec, f"{SCRIPT} line 26-28"),
+                         f"{SCRIPT} line 31")

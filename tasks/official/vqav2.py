@@ -18,20 +18,14 @@ Clean mode counts every annotation record (missing = wrong) and asks for a norma
 from __future__ import annotations
 
 from tasks.types import ScoreResult
-from tasks.official.common import Inputs, keyed, load, match_lines, nothing_to_score, repeated, result
+from tasks.official.common import Inputs, score_matched
 from tasks.official.upper import upper_equal
 
 SCRIPT = "eval_vqav2.py"
 
 
 def score(inputs: Inputs) -> ScoreResult:
-    ann_path = inputs.require_annotations(SCRIPT, "the CoIN val.json (question_id and answer)")
-    table = keyed(load(ann_path), ann_path, str, f"{SCRIPT} line 19")
-    lines = match_lines(inputs, table, ann_path, str, f"{SCRIPT} line 25", "as str() of both ids")
-    per_sample = [float(upper_equal(where, row, rec, f"{SCRIPT} line 26-28")) for where, row, rec, _ in lines]
-    if not lines:
-        raise nothing_to_score(inputs.predictions, f"{SCRIPT} line 31")
-    right = int(sum(per_sample))
-    return result("vqav2", len(lines), 100. * right / len(lines), per_sample, n_predictions=len(lines),
-                  n_annotations=len(table), missing=len(set(table) - {k for *_, k in lines}),
-                  repeated=repeated(k for *_, k in lines), inputs=[str(ann_path), str(inputs.predictions)])
+    return score_matched(inputs, "vqav2", SCRIPT,
+                         "the CoIN val.json (question_id and answer)", str,
+                         f"{SCRIPT} line 19", f"{SCRIPT} line 25", "as str() of both ids", lambda where, row, rec: upper_equal(where, row, rec, f"{SCRIPT} line 26-28"),
+                         f"{SCRIPT} line 31")
