@@ -24,6 +24,12 @@ from bench.backbone import decoder_layers
 DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def check_targets(targets: tuple[str, ...]) -> None:
+    """A LoRA method's ``targets`` knob: a non-empty subset of the decoder linears."""
+    if not targets or set(targets) - set(DECODER_LINEARS):
+        raise ValueError(f"targets must be a non-empty subset of {','.join(DECODER_LINEARS)}, got {targets}")
+
+
 def init_lora_A(weight: torch.Tensor, init: str = "kaiming") -> None:
     """Initialise a LoRA down-projection A in place (B starts at zero, so ``B A = 0`` either way).
 

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from bench.lora import DECODER_LINEARS
+from bench.lora import DECODER_LINEARS, check_targets
 from bench.moe.moelora_linear import MoELoRALinear, inject_moelora
 from methods import register
 from methods.base import ContinualMethod, MethodHParams
@@ -44,9 +44,7 @@ class MoELoRAHParams(MethodHParams):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.lora_init not in ("kaiming", "normal"):
             raise ValueError(f"lora_init must be 'kaiming' or 'normal', got {self.lora_init!r}")
-        unknown = set(self.targets) - set(DECODER_LINEARS)
-        if not self.targets or unknown:
-            raise ValueError(f"targets must be a non-empty subset of {','.join(DECODER_LINEARS)}, got {self.targets}")
+        check_targets(self.targets)
 
 
 @register("moelora")

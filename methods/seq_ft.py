@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.lora import DECODER_LINEARS, LoRASpec, inject_lora
+from bench.lora import DECODER_LINEARS, check_targets, LoRASpec, inject_lora
 from methods import register
 from methods.base import ContinualMethod, MethodHParams
 
@@ -24,9 +24,7 @@ class LoRAHParams(MethodHParams):
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        unknown = set(self.targets) - set(DECODER_LINEARS)
-        if not self.targets or unknown:
-            raise ValueError(f"targets must be a non-empty subset of {','.join(DECODER_LINEARS)}, got {self.targets}")
+        check_targets(self.targets)
 
 
 @register("seq-ft")
