@@ -11,7 +11,7 @@ import sys
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from bench.config import ConfigError
-    from bench.records import RecordError
+    from bench.io.records import RecordError
     from methods import MethodError
     from tasks import TaskError
 
@@ -32,8 +32,8 @@ def _parse_set(pairs: list[str]) -> dict[str, str]:
 
 def _resume(args: argparse.Namespace) -> int:
     """``run --resume RUN_DIR``: the run's own config; flags given explicitly must agree with it."""
-    from bench.checkpoint import resume_config
-    from bench.protocol import run
+    from bench.io.checkpoint import resume_config
+    from bench.run.protocol import run
 
     defaults = vars(build_parser().parse_args(["run"]))
     renamed = {"set": "method_set"}
@@ -48,11 +48,11 @@ def _resume(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import build_config
-    from bench.protocol import run
+    from bench.run.protocol import run
 
     if args.resume:
         return _resume(args)
-    from bench.sweep import overrides_from_args
+    from bench.sweeps.sweep import overrides_from_args
 
     cfg = build_config(args.preset, method=args.method, seed=args.seed, method_set=_parse_set(args.set),
                        track=args.track, lmeval_include=args.lmeval_include, track_limit=args.track_limit,
@@ -100,7 +100,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bench.leaderboard import generate
+    from bench.analysis.leaderboard import generate
 
     res = generate(Path(args.runs), Path(args.out), plots=not args.no_plots)
     print(f"{res['records']} record(s) in {len(res['groups'])} group(s)")
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description="continual-moe-bench: continual MoE methods on CoIN")
     sub = p.add_subparsers(dest="command", required=True)
 
-    from bench.sweep import BUDGET_FLAGS
+    from bench.sweeps.sweep import BUDGET_FLAGS
 
     r = sub.add_parser("run", help="train one method through a task sequence and write a run record")
     r.add_argument("--method", default="seq-ft")
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--track", action="append", default=[], metavar="lmeval:TASK",
                    help="an lm-eval task or group evaluated after row 0 and every task (record: tracked)")
     r.add_argument("--lmeval-include", action="append", default=[], metavar="DIR",
-                   help="another lm-eval task folder for --track (the shipped bench/lmeval_tasks is always there)")
+                   help="another lm-eval task folder for --track (the shipped bench/lmeval/tasks is always there)")
     r.add_argument("--track-limit", type=int, help="first N documents of each tracked task")
     r.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its last finished task (OUT/runs/<run_id>/)")
@@ -140,7 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     lb.set_defaults(func=cmd_leaderboard)
 
-    from bench import base_cmd, check, sweep
+    from bench.model import base_cmd
+
+    from bench.analysis import check
+
+    from bench.sweeps import sweep
 
     sweep.add_parser(sub)
     check.add_parser(sub)
@@ -151,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write coin-mini in the real CoIN file layout", add_help=False)
     ex.set_defaults(func=lambda a: __import__("tasks.export", fromlist=["main"]).main(a.rest))
     lm = sub.add_parser("lmeval", help="score a run's checkpoint after task K with lm-eval tasks", add_help=False)
-    lm.set_defaults(func=lambda a: __import__("bench.lmeval_cmd", fromlist=["main"]).main(a.rest))
+    lm.set_defaults(func=lambda a: __import__("bench.lmeval.command", fromlist=["main"]).main(a.rest))
     pf = sub.add_parser("perf", help="performance benchmarks: trainer, eval, steps (bench/perf/)", add_help=False)
     pf.set_defaults(func=lambda a: __import__("bench.perf", fromlist=["main"]).main(a.rest))
     return p

@@ -71,7 +71,7 @@ class RunConfig:
     weight_decay: float = 0.0
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     train_projector: bool = False
-    compile: bool = False  # torch.compile the model for training (--compile; bench.trainer.train_steps)
+    compile: bool = False  # torch.compile the model for training (--compile; bench.train.trainer.train_steps)
     gradient_checkpointing: bool = False  # recompute decoder activations in backward (--gradient-checkpointing)
     # evaluation
     # 256: a coin-mini test split (200) decodes as one batch, 4x fewer decode loops than 64; predictions
@@ -92,7 +92,7 @@ class RunConfig:
     mini_test: int = 200
     # method hyper-parameters (--set key=value), validated against the method's dataclass
     method_set: dict[str, str] = field(default_factory=dict)
-    # lm-eval tasks evaluated after row 0 and after every task (--track lmeval:TASK; bench/lmeval_eval.py)
+    # lm-eval tasks evaluated after row 0 and after every task (--track lmeval:TASK; bench/lmeval/evaluate.py)
     track: list[str] = field(default_factory=list)
     lmeval_include: list[str] = field(default_factory=list)  # extra lm-eval task folders (--lmeval-include)
     track_limit: int | None = None  # first N documents of each tracked task (--track-limit); None = all
@@ -142,7 +142,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], **machine: Any) -> "RunConfig":
-        """Inverse of ``to_dict`` (a run's config.json, bench/checkpoint.py); ``machine`` gives the
+        """Inverse of ``to_dict`` (a run's config.json, bench/io/checkpoint.py); ``machine`` gives the
         machine-local fields ``to_dict`` leaves out (``out``, ``cache_dir``). Unknown keys are an error."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)

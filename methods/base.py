@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Iterable, Iterator
 import torch
 from torch import nn
 
-from bench.metrics import count_parameters
+from bench.analysis.metrics import count_parameters
 from methods.state import checkpoint_state, restore as restore_state
 
 
@@ -42,7 +42,7 @@ class MethodContext:
 
 @dataclass
 class TrainingPhase:
-    """One stretch of a task's training, run by the shared trainer (``bench.trainer.train_steps``) with
+    """One stretch of a task's training, run by the shared trainer (``bench.train.trainer.train_steps``) with
     its own AdamW and its own warm-up + cosine schedule over ``steps``.
 
     A task trained in phases (LLaVA-CMoE's probing, EvoMoE's evolution then router phase) yields one
@@ -141,7 +141,7 @@ class ContinualMethod:
 
     def rows_independent_at_eval(self) -> bool:
         """Whether each sample's evaluation output depends on that sample alone, so that the evaluator
-        may split a prompt batch (``bench.trainer.generate``). False for anything that couples the
+        may split a prompt batch (``bench.train.trainer.generate``). False for anything that couples the
         rows of a forward, such as MoE capacity with token dropping."""
         return True
 
@@ -159,7 +159,7 @@ class ContinualMethod:
 
     # --- reporting -------------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
-        """total / trained (this task) / activated per token (see bench.metrics.count_parameters)."""
+        """total / trained (this task) / activated per token (see bench.analysis.metrics.count_parameters)."""
         return count_parameters(self.model, self)
 
     def inactive_parameters_per_token(self) -> int:
@@ -176,7 +176,7 @@ class ContinualMethod:
         return dataclasses.asdict(self.hp)
 
     # --- resume ----------------------------------------------------------------------------------
-    # One mechanism for every method, so that any run can resume after a task (bench/checkpoint.py
+    # One mechanism for every method, so that any run can resume after a task (bench/io/checkpoint.py
     # writes it): ``checkpoint_state`` returns the tensors the
     # method owns or trained plus JSON metadata, ``restore`` re-grows the structure from the metadata
     # and loads the tensors. The generic part lives here; a method only adds, through the two hooks
@@ -198,7 +198,7 @@ class ContinualMethod:
         self._noted.update(id(p) for p in params)
 
     def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """(tensors, meta) for ``bench.checkpoint``: every model tensor that is not an untouched tensor
+        """(tensors, meta) for ``bench.io.checkpoint``: every model tensor that is not an untouched tensor
         of the base model (LoRA, experts, routers, row masks, base tensors trained in place) under
         ``model.<name>``, the tensors inside ``state_dict()`` under ``method.<path>``, and JSON metadata
         (method name, hyper-parameters, which parameters were trainable, the method's own state)."""

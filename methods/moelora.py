@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from bench.lora import DECODER_LINEARS, check_targets
+from bench.model.lora import DECODER_LINEARS, check_targets
 from bench.moe.moelora_linear import MoELoRALinear, inject_moelora
 from methods import register
 from methods.base import ContinualMethod, MethodHParams

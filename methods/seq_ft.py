@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.lora import DECODER_LINEARS, check_targets, LoRASpec, inject_lora
+from bench.model.lora import DECODER_LINEARS, check_targets, LoRASpec, inject_lora
 from methods import register
 from methods.base import ContinualMethod, MethodHParams
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.protocol import Hooks
+from bench.run.protocol import Hooks
 
 
 class FrozenCheck(Hooks):

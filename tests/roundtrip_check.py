@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from bench import checkpoint, restore
-from bench.data import eval_loader
-from bench.protocol import encode_test_sets
+from bench.io import checkpoint
+
+from bench.run import restore
+from bench.train.data import eval_loader
+from bench.run.protocol import encode_test_sets
 
 
 def _outputs(method, model, batch) -> torch.Tensor:

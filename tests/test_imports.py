@@ -107,15 +107,15 @@ def test_the_checker_sees_a_cycle():
 
 def test_no_import_cycle_between_project_modules():
     graph = import_graph()
-    assert "bench.protocol" in graph and "tasks.base" in graph and "methods.base" in graph
+    assert "bench.run.protocol" in graph and "tasks.base" in graph and "methods.base" in graph
     assert cycles(graph) == [], "modules that import each other (directly or through others)"
 
 
 def test_the_run_loop_does_not_reach_restoring_a_run():
     # restoring a run builds on the run loop's pieces (set-up, evaluation), never the other way round
     graph = import_graph()
-    assert "bench.restore" not in graph["bench.protocol"] and "bench.protocol" not in graph["bench.restore"]
-    assert "bench.protocol" not in graph["bench.checkpoint"]
+    assert "bench.run.restore" not in graph["bench.run.protocol"] and "bench.run.protocol" not in graph["bench.run.restore"]
+    assert "bench.run.protocol" not in graph["bench.io.checkpoint"]
 
 
 def test_task_types_import_nothing_else_from_tasks():

@@ -8,8 +8,8 @@ from pathlib import Path
 from frozen_check import FrozenCheck  # tests/ is on sys.path through its conftest.py
 
 import methods
-from bench.protocol import run
-from bench.records import read_record
+from bench.run.protocol import run
+from bench.io.records import read_record
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

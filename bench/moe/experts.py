@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.lora import init_lora_A
+from bench.model.lora import init_lora_A
 from bench.moe.grouped import grouped_swiglu
 
 

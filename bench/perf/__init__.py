@@ -1,6 +1,6 @@
 """Performance benchmarks, one module each: ``python -m bench perf NAME [flags]``.
 
-    trainer  bench.trainer.train_steps vs a hand-written PyTorch loop (overhead ratio)
+    trainer  bench.train.trainer.train_steps vs a hand-written PyTorch loop (overhead ratio)
     eval     batched greedy decoding with KV cache vs model.generate one sample at a time
     steps    training steps/s on the tiny preset or a 7B-class config (--model-config 7b)
     syncs    host reads of tensor values (GPU synchronisation points) per training step, per method

@@ -1,5 +1,5 @@
-"""Evaluation speed: the harness's batched greedy decoding with a KV cache (``bench.trainer.generate``
-over ``bench.data.eval_loader``) vs ``model.generate`` one sample at a time, on the same test records.
+"""Evaluation speed: the harness's batched greedy decoding with a KV cache (``bench.train.trainer.generate``
+over ``bench.train.data.eval_loader``) vs ``model.generate`` one sample at a time, on the same test records.
 
     python -m bench perf eval [--tasks vqav2,gqa,grounding --records 64 --method seq-ft --repeats 3 --threads N]
 
@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     import methods
     from bench.config import build_config
-    from bench.data import encode_split, eval_loader
-    from bench.protocol import make_accelerator, ordered_tasks
-    from bench.trainer import generate, method_hooks
+    from bench.train.data import encode_split, eval_loader
+    from bench.run.protocol import make_accelerator, ordered_tasks
+    from bench.train.trainer import generate, method_hooks
     from methods.base import MethodContext
 
     cfg = build_config("tiny", method=args.method, tasks=args.tasks, mixed_precision="no")

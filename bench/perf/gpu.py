@@ -16,7 +16,7 @@ every section starts from an empty GPU, so its peak memory is its own):
 * ``steps``    training steps/s and peak GPU memory of the LLaVA-1.5-7B-class config (random bf16 weights)
                for seq-ft, cmoe and moe-llava with gradient checkpointing
                (``python -m bench perf steps --model-config 7b --method M --gradient-checkpointing``);
-* ``decode``   batched greedy decoding with the KV cache (``bench.trainer.generate``) on the 7B-class config:
+* ``decode``   batched greedy decoding with the KV cache (``bench.train.trainer.generate``) on the 7B-class config:
                32 prompts of 624 tokens (576 image), 32 new tokens each, tokens/s and peak memory.
 
 ``--dry-run`` prints the plan and, computed on the meta device, the memory every method needs at 7B; it
@@ -83,7 +83,7 @@ def memory_table(gpus: int = 8) -> str:
         trained = sum(p.numel() for p in {id(p): p for p in phase.parameters}.values())
         frozen = total - trained
         one = 2 * frozen + 16 * trained
-        # bench.sharding: whole model resident on every GPU between phases (frozen bf16, trained fp32);
+        # bench.train.sharding: whole model resident on every GPU between phases (frozen bf16, trained fp32);
         # during a phase FSDP's shards of everything plus the trained part's gradients and AdamW moments
         fsdp = 2 * frozen + 4 * trained + (2 * frozen + 16 * trained) / gpus
         zero2 = 2 * frozen + 4 * trained + 12 * trained / gpus
@@ -181,7 +181,7 @@ def _decode(out: Path) -> dict:
     from transformers import LlavaForConditionalGeneration
 
     from bench.perf.steps import llava_config, synthetic_batch
-    from bench.trainer import generate
+    from bench.train.trainer import generate
 
     config = llava_config("7b")
     accelerator = Accelerator(mixed_precision="bf16")

@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from transformers import LlavaForConditionalGeneration
 
-    from bench.lora import LoRASpec, inject_lora
-    from bench.trainer import train_steps
+    from bench.model.lora import LoRASpec, inject_lora
+    from bench.train.trainer import train_steps
 
     gpu = torch.cuda.is_available()
     big = args.model_config == "7b"
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             q.requires_grad_(True)
         what = f"LoRA r={rank}"
     if args.gradient_checkpointing:
-        from bench.trainer import enable_gradient_checkpointing
+        from bench.train.trainer import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(model)
     total, trained = count(model)

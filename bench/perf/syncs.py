@@ -4,7 +4,7 @@ for the device (a host-device synchronisation), counted on any machine.
     python -m bench perf syncs [--methods all|seq-ft,cmoe --steps 8]
 
 Every registered method is attached to the tiny preset (stage-0 weights when cached) and trains
-``--steps`` steps of the first task (all its phases, ``bench.phases.train_task``) under a ``TorchFunctionMode`` that records each
+``--steps`` steps of the first task (all its phases, ``bench.train.phases.train_task``) under a ``TorchFunctionMode`` that records each
 call which needs a tensor's value on the host: ``item``, ``tolist``, ``bool``/``int``/``float``/``index``
 of a tensor, and the ops whose output shape depends on values (``nonzero``, ``unique``,
 ``masked_select``, ``argwhere``, one-argument ``where``). On a CPU these are free; on a GPU each one
@@ -76,7 +76,7 @@ def _project_frame() -> str:
 def count(method_name: str, steps: int) -> tuple[HostReadCounter, object]:
     """(reads during ``steps`` training steps, the method) for one registered method."""
     from bench.perf.trainer import build
-    from bench.phases import train_task
+    from bench.train.phases import train_task
 
     _, accelerator, backbone, _, batches, _, attached = build(method_name, 8, 4)
     model = backbone.model
@@ -86,13 +86,13 @@ def count(method_name: str, steps: int) -> tuple[HostReadCounter, object]:
         done = train_task(model, method, 0, None, batches, steps, accelerator=accelerator, lr=1e-3,
                           desc=f"syncs {method_name}")
     # one loss log per phase, at its last step (fewer than 25 steps), is the trainer's by design
-    counter.sites[f"item at bench/trainer.py:{_loss_log_line()} (train_steps)"] -= len(done.phases)
+    counter.sites[f"item at bench/train/trainer.py:{_loss_log_line()} (train_steps)"] -= len(done.phases)
     counter.sites = +counter.sites
     return counter, method
 
 
 def _loss_log_line() -> int:
-    """The line of ``bench/trainer.py`` where ``train_steps`` reads the running loss for its log."""
+    """The line of ``bench/train/trainer.py`` where ``train_steps`` reads the running loss for its log."""
     source = (ROOT / "bench" / "trainer.py").read_text().splitlines()
     return next(i for i, line in enumerate(source, 1) if "running.item()" in line)
 

@@ -1,4 +1,4 @@
-"""Trainer overhead: one training step of the shared trainer (``bench.trainer.train_steps``) vs a
+"""Trainer overhead: one training step of the shared trainer (``bench.train.trainer.train_steps``) vs a
 minimal hand-written PyTorch loop, side by side in one process.
 
     python -m bench perf trainer [--method seq-ft --steps 20 --repeats 5 --threads N]
@@ -33,7 +33,7 @@ from bench.perf.common import header, interleaved, median, tiny_backbone
 def reference_steps(model, params, batches, steps: int, *, lr: float, warmup_ratio: float = 0.03,
                     max_grad_norm: float = 1.0, aux_loss=lambda: None, before_forward=lambda b, p: None):
     """The minimal loop; returns (seconds, per-step losses as a tensor)."""
-    from bench.trainer import MODEL_KEYS, cosine_with_warmup
+    from bench.train.trainer import MODEL_KEYS, cosine_with_warmup
 
     params = list({id(p): p for p in params if p.requires_grad}.values())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.999))
@@ -64,8 +64,8 @@ def reference_steps(model, params, batches, steps: int, *, lr: float, warmup_rat
 def build(method_name: str, batch_size: int, n_batches: int, tasks: str = "vqav2"):
     import methods
     from bench.config import build_config
-    from bench.data import encode_split, train_loader
-    from bench.protocol import make_accelerator, ordered_tasks
+    from bench.train.data import encode_split, train_loader
+    from bench.run.protocol import make_accelerator, ordered_tasks
     from methods.base import MethodContext
 
     cfg = build_config("tiny", method=method_name, tasks=tasks, batch_size=batch_size, mixed_precision="no")
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from bench.trainer import train_steps
+    from bench.train.trainer import train_steps
 
     cfg, accelerator, backbone, weights, batches, collate_s, attached = build(args.method, args.batch_size, 16)
     print(header(f"trainer overhead: {args.method} on the tiny preset ({weights}), batch {args.batch_size}, "
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [a / b for a, b in zip(times["trainer"], times["reference"])]
     print(f"| loop | ms / step (median) | per-round ms |")
     print(f"|---|---:|---|")
-    print(f"| bench.trainer.train_steps | {tr * 1e3:.1f} | {' '.join(f'{x * 1e3:.1f}' for x in times['trainer'])} |")
+    print(f"| bench.train.trainer.train_steps | {tr * 1e3:.1f} | {' '.join(f'{x * 1e3:.1f}' for x in times['trainer'])} |")
     print(f"| hand-written loop | {ref * 1e3:.1f} | {' '.join(f'{x * 1e3:.1f}' for x in times['reference'])} |")
     print(f"trainer set-up per call (optimizer, accelerate wrappers, bar, free_memory): {median(setup) * 1e3:.1f} ms; "
           f"data loading (collate + image processing) per batch, not in either loop: {collate_s * 1e3:.1f} ms")

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.frozen import batch_digest, modules_fingerprint
+from bench.decode.frozen import batch_digest, modules_fingerprint
 from bench.moe import MoEFFN, decoder_layers
 
 IGNORE = -100
@@ -65,7 +65,7 @@ def base_last_token_features(model: nn.Module, layers: Mapping[int, MoEFFN], bat
     Training batches (``labels`` present, right-padded ``prompt + answer``) are cut to their prompt:
     attention mask & labels == -100, then the columns after the longest prompt are dropped; with a
     causal decoder this equals running the prompt alone. Evaluation batches are left-padded prompts.
-    Positions come from the mask (as ``bench.trainer.generate`` does), so both layouts give a prompt
+    Positions come from the mask (as ``bench.train.trainer.generate`` does), so both layouts give a prompt
     the same positions and hence the same feature.
     """
     ids = batch["input_ids"].to(device)
@@ -97,8 +97,8 @@ class BaseFeatureCache:
     The base model (stage 0 with every MoE layer reduced to its frozen FFN) never trains in
     LLaVA-CMoE, and a run evaluates the same test batches T+1 times, so without this every row
     recomputes the same F_end with one extra full prefill per batch. An entry is keyed by the batch's
-    content (``bench.frozen.batch_digest``) and valid only under the fingerprint of the base model it
-    was computed with (``bench.frozen.modules_fingerprint`` over the model with the experts bypassed:
+    content (``bench.decode.frozen.batch_digest``) and valid only under the fingerprint of the base model it
+    was computed with (``bench.decode.frozen.modules_fingerprint`` over the model with the experts bypassed:
     every parameter frozen, same tensors and version counters, no hooks), plus device and thread
     count; anything else recomputes. The features returned are the very tensors first computed, so
     routing, and hence every prediction, is identical to recomputing them."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.backbone import Backbone, build_tiny, load_local, tiny_image_processor, train_tokenizer
+from bench.model.backbone import Backbone, build_tiny, load_local, tiny_image_processor, train_tokenizer
 from bench.config import BackboneSpec
 
 
@@ -54,7 +54,7 @@ def test_tiny_vision_positions_start_as_2d_sincos_codes():
     """Position codes of the content's magnitude, distinct per patch, separable into row and column."""
     from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
-    from bench.backbone import sincos_2d
+    from bench.model.backbone import sincos_2d
 
     bb = _tiny_backbone()
     emb = next(m for m in bb.model.modules() if isinstance(m, CLIPVisionEmbeddings))

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from bench import base_model as bm
+from bench.model import base_model as bm
 from bench.config import Stage0Spec, build_config
-from bench.protocol import make_accelerator, ordered_tasks
+from bench.run.protocol import make_accelerator, ordered_tasks
 
 
 def _default(tmp_path, **overrides):
@@ -179,8 +179,8 @@ def test_base_show_prints_the_manifest(capsys):
 
 
 def test_a_run_prints_its_plan_first_and_records_its_base(tiny_config, capsys):
-    from bench.protocol import run
-    from bench.records import read_record
+    from bench.run.protocol import run
+    from bench.io.records import read_record
 
     record = read_record(run(tiny_config(tasks="vqav2")))
     lines = capsys.readouterr().out.splitlines()

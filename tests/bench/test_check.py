@@ -1,4 +1,4 @@
-"""bench.check: the comparison rules on hand-made baselines, the leaderboard freshness check, the
+"""bench.analysis.check: the comparison rules on hand-made baselines, the leaderboard freshness check, the
 learnability gate on hand-made records (its row in the table and the exit code), and one real method
 checked in-process on a tiny config — a fresh baseline passes on a rerun, while a perturbed baseline and a
 deliberately broken method both fail."""
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import main
-from bench.check import (TOLERANCE, MethodResult, check_leaderboard, check_learnability, compare, format_table,
+from bench.analysis.check import (TOLERANCE, MethodResult, check_leaderboard, check_learnability, compare, format_table,
                          run_check)
 from bench.config import Stage0Spec
 
@@ -62,7 +62,7 @@ def test_leaderboard_must_match_the_records(tmp_path):
     runs.mkdir(parents=True)
     record = _record("seq-ft", 0, _A([10, 20, 30]))
     (runs / f"{record['run_id']}.json").write_text(json.dumps(record))
-    from bench.leaderboard import generate
+    from bench.analysis.leaderboard import generate
 
     generate(runs, tmp_path / "results", plots=False)
     assert check_leaderboard(runs, tmp_path / "results").status == "PASS"
@@ -83,7 +83,7 @@ def _learnability_runs(tmp_path, *, learned: bool) -> Path:
     A = [[0, 0, 0], [40.0, 0, 0], [30, textvqa, 0], [30, 10, 15.0]]
     runs = _write(tmp_path / "results" / "runs", _record("seq-ft", 0, A), _record("seq-ft", 1, A),
                   _record("cmoe", 0, [[0, 0, 0], [0.0, 0, 0], [0, 0.0, 0], [0, 0, 0.0]], hparams={"probing": False}))
-    from bench.leaderboard import generate
+    from bench.analysis.leaderboard import generate
 
     generate(runs, tmp_path / "results", plots=False)
     return runs
@@ -107,10 +107,10 @@ def test_learnability_row(tmp_path):
 
 
 def test_learnability_failure_fails_the_command(tmp_path, monkeypatch, capsys):
-    import bench.check
+    import bench.analysis.check
 
     runs = _learnability_runs(tmp_path, learned=False)
-    monkeypatch.setattr(bench.check, "check_method",
+    monkeypatch.setattr(bench.analysis.check, "check_method",
                         lambda method, *a, **k: MethodResult(method, "PASS", detail="stub"))
     argv = ["check", "--methods", "seq-ft", "--runs", str(runs), "--results", str(tmp_path / "results"),
             "--baselines", str(tmp_path / "baselines")]
@@ -142,7 +142,7 @@ def tiny_overrides(session_cache):
 
 def test_check_passes_on_rerun_and_catches_perturbed_baseline_and_broken_method(tiny_overrides, tmp_path,
                                                                               monkeypatch):
-    from bench.protocol import run
+    from bench.run.protocol import run
 
     baselines = tmp_path / "baselines"
     kept: list[Path] = []

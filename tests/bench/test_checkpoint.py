@@ -1,4 +1,4 @@
-"""Per-task checkpoints (bench/checkpoint.py): a finished run keeps one per task, ``load_after_task``
+"""Per-task checkpoints (bench/io/checkpoint.py): a finished run keeps one per task, ``load_after_task``
 rebuilds the model after task k and re-evaluates to the recorded row, damaged files give a clear error."""
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-from bench import checkpoint, restore
-from bench.protocol import run
-from bench.records import read_record
+from bench.io import checkpoint
+
+from bench.run import restore
+from bench.run.protocol import run
+from bench.io.records import read_record
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import torch
 from accelerate import Accelerator
 from micro_llava import micro_llava
 
-from bench.data import EvalBatches
-from bench.trainer import generate, vision_fingerprint
+from bench.train.data import EvalBatches
+from bench.train.trainer import generate, vision_fingerprint
 
 IMAGE, EOS = 63, 2
 

@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import checkpoint, restore
-from bench.records import read_record
+from bench.io import checkpoint
+
+from bench.run import restore
+from bench.io.records import read_record
 from net import free_port  # tests/ is on sys.path through its conftest.py
 
 pytestmark = pytest.mark.integration
@@ -34,9 +36,9 @@ START = """
 import json, os, signal, sys
 import torch
 from torch.distributed.tensor import DTensor
-from bench import sharding
+from bench.train import sharding
 from bench.config import RunConfig
-from bench.protocol import Hooks, run
+from bench.run.protocol import Hooks, run
 
 restore = sharding.ShardedPhase.restore
 def checked(self):
@@ -69,7 +71,7 @@ def _lora_b(run_dir: Path, k: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.skipif(bool(os.environ.get("CMB_SKIP_MULTIPROCESS")), reason="CMB_SKIP_MULTIPROCESS is set")
 def test_fsdp_two_processes_kill_resume_match_one_process(tiny_config, tmp_path):
-    from bench.protocol import run
+    from bench.run.protocol import run
 
     cfg = tiny_config(method="cmoe", mixed_precision="no")
     single = read_record(run(cfg))  # also fills the stage-0 cache
@@ -112,7 +114,7 @@ def test_fsdp_refusals(tiny_config, monkeypatch):
     from accelerate.utils import DistributedType
 
     import methods
-    from bench import sharding
+    from bench.train import sharding
     from bench.config import ConfigError
 
     class Plugin:

@@ -1,4 +1,4 @@
-"""``bench.trainer.generate``: the prompt batch prefilled in chunks into one KV buffer and finished rows
+"""``bench.train.trainer.generate``: the prompt batch prefilled in chunks into one KV buffer and finished rows
 dropped from the decoding batch give the same tokens as one whole-batch forward that decodes every
 row to the end; LoRA adapters run merged, with the same function."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 from accelerate import Accelerator
 from micro_llava import micro_llava
 
-import bench.trainer as trainer
-from bench.kv_cache import RoomyLayer
-from bench.lora import LoRALinear, LoRASpec, inject_lora, merged_for_eval
+import bench.train.trainer as trainer
+from bench.decode.kv_cache import RoomyLayer
+from bench.model.lora import LoRALinear, LoRASpec, inject_lora, merged_for_eval
 
 IMAGE = 63
 NEW = 8

@@ -1,4 +1,4 @@
-"""Sweeps through submitit (bench/jobs.py): ``--shard K/N`` splits a plan into disjoint parts that cover it,
+"""Sweeps through submitit (bench/sweeps/jobs.py): ``--shard K/N`` splits a plan into disjoint parts that cover it,
 and a run made as a submitit job (``--launcher local``: submitit's LocalExecutor, a subprocess per job, the
 code path a SLURM job takes) writes the same record as the in-process sweep, into the same results folder,
 whose leaderboard merges both."""
@@ -10,9 +10,9 @@ import pytest
 
 from bench.__main__ import main
 from bench.config import ConfigError
-from bench.jobs import RunJob, parse_shard, shard
-from bench.records import read_record
-from bench.sweep import plan
+from bench.sweeps.jobs import RunJob, parse_shard, shard
+from bench.io.records import read_record
+from bench.sweeps.sweep import plan
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ def test_local_launcher_shard_writes_the_in_process_record(session_cache, tmp_pa
 def test_run_job_resumes_an_interrupted_run(tmp_path, monkeypatch):
     """A requeued job (submitit calls ``checkpoint`` and resubmits the same RunJob) resumes the run
     directory of its config, or returns the record when there is one."""
-    import bench.protocol
+    import bench.run.protocol
     from bench.config import build_config
 
     cfg = build_config("tiny", method="seq-ft", seed=0, tasks="vqav2,imagenet", out=str(tmp_path))
@@ -83,7 +83,7 @@ def test_run_job_resumes_an_interrupted_run(tmp_path, monkeypatch):
 
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
     calls = []
-    monkeypatch.setattr(bench.protocol, "run", lambda c, resume=None: calls.append(resume) or Path("r.json"))
+    monkeypatch.setattr(bench.run.protocol, "run", lambda c, resume=None: calls.append(resume) or Path("r.json"))
     assert job() == "r.json" and calls == [run_dir]
 
 

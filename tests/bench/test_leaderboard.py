@@ -1,4 +1,4 @@
-"""bench.leaderboard on hand-made run records (no training): rows, mean ± std, ordering, oracle and
+"""bench.analysis.leaderboard on hand-made run records (no training): rows, mean ± std, ordering, oracle and
 ablation marks, trained parameters per task, the diagonal-vs-chance table, the task-locator table and its
 confusion plots, groups split by task order and data seed (default first, its slug unchanged), the growth-per-
 task table, byte-identical regeneration, the CSV columns, malformed records and the plots."""
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import main
-from bench.leaderboard import build_groups, generate, mean_std, params_added, ptl_confusion, trained_per_task
-from bench.metrics import summarize
-from bench.records import RecordError
+from bench.analysis.leaderboard import build_groups, generate, mean_std, params_added, ptl_confusion, trained_per_task
+from bench.analysis.metrics import summarize
+from bench.io.records import RecordError
 
 TASKS = ["scienceqa", "textvqa", "imagenet"]
 CHANCE = {"scienceqa": 25.0, "textvqa": 10.0, "imagenet": 5.0}  # so no test renders coin-mini for chance
@@ -258,7 +258,7 @@ def test_task_locator_table_and_confusion_plot(tmp_path: Path) -> None:
 
 
 def test_heatmap_marks_the_cells_at_or_below_chance(tmp_path: Path) -> None:
-    from bench.learnability import flagged_cells
+    from bench.analysis.learnability import flagged_cells
 
     r = _record("seq-ft", 0, [[0, 0, 0], [30.0, 0, 0], [20, 16, 0], [20, 10, 10.0]])
     assert flagged_cells(r) == [(1, 0), (3, 2)]  # scienceqa 30 <= 25 + 5, imagenet 10 <= 5 + 5
@@ -285,7 +285,7 @@ def test_chance_row_shows_a_range_when_the_data_differ(tmp_path: Path) -> None:
 
 
 def test_task_order_and_data_seed_split_groups_default_first(tmp_path: Path) -> None:
-    from bench.leaderboard import group_slug
+    from bench.analysis.leaderboard import group_slug
 
     default = _record("seq-ft", 0, _A([10, 20, 30]))
     shuffled = _record("seq-ft", 1, _A([40, 50, 60]))
@@ -326,7 +326,7 @@ def _growth_reports(expanded: list[list[int]], added: list[int], every: list[int
 
 
 def test_growth_per_task_table(tmp_path: Path) -> None:
-    from bench.leaderboard import growth_per_task
+    from bench.analysis.leaderboard import growth_per_task
 
     s0 = _record("cmoe", 0, _A([40, 50, 60]))
     s0["method_reports"] = _growth_reports([[0, 2], [2], [0, 2]], [1000, 100, 300], [1000, 200, 300])
@@ -356,7 +356,7 @@ def test_growth_per_task_table(tmp_path: Path) -> None:
 
 def _per_sample_record(method: str, seed: int, right: list[list[list[int]]], **kw) -> dict:
     """A record whose matrix is the mean of hand-made per-sample scores ``right[row][task]``."""
-    from bench.records import encode_scores
+    from bench.io.records import encode_scores
 
     A = [[100.0 * sum(cell) / len(cell) for cell in row] for row in right]
     scores = [{t: {"accuracy": A[r][j], "n": len(right[r][j]), "per_sample": encode_scores(right[r][j])}

@@ -1,11 +1,11 @@
-"""bench.learnability on hand-made records: chance levels (a record's own, computed from its coin-mini data
+"""bench.analysis.learnability on hand-made records: chance levels (a record's own, computed from its coin-mini data
 spec and cached, unknown for real data or another generator version), the judged accuracies (diagonal;
 Last row for joint training), the margin boundary, and the gate's rules (default configurations of
 registered methods, oracle included; ablations and unregistered methods exempt)."""
 from __future__ import annotations
 
-from bench.leaderboard import build_groups
-from bench.learnability import (LEARNABILITY_MARGIN, at_or_below, gate, record_chance, row_learnability,
+from bench.analysis.leaderboard import build_groups
+from bench.analysis.learnability import (LEARNABILITY_MARGIN, at_or_below, gate, record_chance, row_learnability,
                                 stream_accuracies)
 from test_leaderboard import CHANCE, _record  # tests/bench is on sys.path (rootdir-less test modules)
 

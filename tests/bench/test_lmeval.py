@@ -14,10 +14,10 @@ import torch
 @pytest.fixture(scope="module")
 def trained(session_cache, tmp_path_factory):
     """A tiny seq-ft run over imagenet (one task, checkpointed) and the model reloaded after it."""
-    from bench.restore import load_after_task
+    from bench.run.restore import load_after_task
     from bench.config import Stage0Spec, build_config
-    from bench.protocol import run
-    from bench.records import read_record
+    from bench.run.protocol import run
+    from bench.io.records import read_record
 
     cfg = build_config("tiny", method="seq-ft", tasks="imagenet", steps_per_task=12, batch_size=8, lr=3e-3,
                        mini_train=48, mini_test=16, eval_batch_size=16, max_new_tokens=8,
@@ -31,7 +31,7 @@ def trained(session_cache, tmp_path_factory):
 
 
 def _lm(loaded, **kwargs):
-    from bench.lmeval import CMBLM
+    from bench.lmeval.model import CMBLM
 
     return CMBLM(backbone=loaded.backbone, model=loaded.model, method=loaded.method, cfg=loaded.cfg,
                  accelerator=loaded.accelerator, **kwargs)
@@ -44,8 +44,8 @@ def _request(*args):
 
 
 def _harness_and_lmeval(loaded, lm, manager):
-    from bench.lmeval_eval import evaluate
-    from bench.protocol import encode_test_sets, evaluate_all
+    from bench.lmeval.evaluate import evaluate
+    from bench.run.protocol import encode_test_sets, evaluate_all
 
     test_sets = encode_test_sets(loaded.cfg, loaded.tasks, loaded.backbone)
     harness = evaluate_all(loaded.model, loaded.method, loaded.backbone, test_sets, loaded.cfg,
@@ -56,13 +56,13 @@ def _harness_and_lmeval(loaded, lm, manager):
 
 
 def test_lmeval_coin_score_equals_harness_evaluator(trained):
-    """lm-eval's coin_imagenet score equals bench.protocol.evaluate_all on the same checkpoint: through
+    """lm-eval's coin_imagenet score equals bench.run.protocol.evaluate_all on the same checkpoint: through
     the registered model (model_args run=...,after_task=0; the task reads the run's own test split),
     and on non-trivial multi-token answers (end-of-answer suppressed, so every answer is 8 tokens)."""
     from lm_eval.api.registry import get_model
 
-    import bench.lmeval  # noqa: F401  (registers "cmb")
-    from bench.lmeval_eval import task_manager
+    import bench.lmeval.model  # noqa: F401  (registers "cmb")
+    from bench.lmeval.evaluate import task_manager
 
     loaded, cache = trained.loaded, trained.cfg.cache_dir
     lm = get_model("cmb").create_from_arg_string(f"run={trained.run_dir},after_task=0,cache_dir={cache}")
@@ -91,8 +91,8 @@ def test_lmeval_coin_score_equals_harness_evaluator(trained):
 
 def test_loglikelihood_is_the_training_loss(trained):
     """With an image and text-only: the continuation's log-probability equals what the training batch
-    (bench.data.Collator) gives the answer tokens; rolling text equals one plain forward."""
-    from bench.data import IGNORE, Collator, encode_split
+    (bench.train.data.Collator) gives the answer tokens; rolling text equals one plain forward."""
+    from bench.train.data import IGNORE, Collator, encode_split
 
     loaded = trained.loaded
     backbone, model = loaded.backbone, loaded.model
@@ -130,7 +130,7 @@ def test_loglikelihood_is_the_training_loss(trained):
 def test_run_tracks_lmeval_task_after_every_row(trained):
     """--track lmeval:retention puts the metric in the record after row 0 and after each task, and
     evaluating it again on the checkpoint gives the tracked value."""
-    from bench.lmeval_eval import track_row
+    from bench.lmeval.evaluate import track_row
 
     tracked = trained.record["tracked"]["lmeval:retention"]
     assert len(tracked) == len(trained.record["accuracy_matrix"]) == 2

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from bench import metrics
+from bench.analysis import metrics
 
 # rows: base, after task 1, after task 2, after task 3; columns: task 1..3
 A = [

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import checkpoint
-from bench.protocol import run
-from bench.records import decode_scores, per_sample_accuracy, read_record
+from bench.io import checkpoint
+from bench.run.protocol import run
+from bench.io.records import decode_scores, per_sample_accuracy, read_record
 from net import free_port  # tests/ is on sys.path through its conftest.py
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ TOLERANCE = 15.0
 START = """
 import json, sys
 from bench.config import RunConfig
-from bench.protocol import run
+from bench.run.protocol import run
 run(RunConfig.from_dict(json.loads(sys.argv[1]), out=sys.argv[2], cache_dir=sys.argv[3]))
 """
 

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from bench import records
+from bench.io import records
 from tasks import scoring
 
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from bench.protocol import run
-from bench.records import RecordError, atomic_write_text, decode_scores, per_sample_accuracy, read_record
+from bench.run.protocol import run
+from bench.io.records import RecordError, atomic_write_text, decode_scores, per_sample_accuracy, read_record
 
 
 def test_same_config_and_seed_give_identical_results(tiny_config):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import checkpoint
+from bench.io import checkpoint
 from bench.__main__ import main
-from bench.protocol import run
-from bench.records import read_record
+from bench.run.protocol import run
+from bench.io.records import read_record
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 START = """
 import json, sys
 from bench.config import RunConfig
-from bench.protocol import run
+from bench.run.protocol import run
 run(RunConfig.from_dict(json.loads(sys.argv[1]), out=sys.argv[2], cache_dir=sys.argv[3]))
 """
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench import metrics, stats
-from bench.records import encode_scores
+from bench.analysis import metrics
+
+from bench.analysis import stats
+from bench.io.records import encode_scores
 
 TASKS = ["alpha", "beta", "gamma"]
 N = 60

@@ -1,4 +1,4 @@
-"""bench.sweep: method/seed resolution, the skip index, the dry-run listing, and a real two-method sweep
+"""bench.sweeps.sweep: method/seed resolution, the skip index, the dry-run listing, and a real two-method sweep
 whose records equal standalone runs in a separate process (no state leaks from one run to the next)."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 
 from bench.__main__ import main
 from bench.config import ConfigError, Stage0Spec, build_config
-from bench.records import read_record
-from bench.sweep import config_key, describe_plan, existing_records, parse_seeds, plan, resolve_methods, run_sweep
+from bench.io.records import read_record
+from bench.sweeps.sweep import config_key, describe_plan, existing_records, parse_seeds, plan, resolve_methods, run_sweep
 from methods import MethodError
 
 pytestmark = pytest.mark.integration
@@ -100,7 +100,7 @@ def test_sweep_equals_standalone_runs_and_skips_on_rerun(session_cache, tmp_path
 
     # seq-ft ran after moe-llava had rebuilt the model's FFNs into experts; a fresh process must agree.
     alone_out = tmp_path / "alone"
-    script = ("import sys; from bench.config import Stage0Spec, build_config; from bench.protocol import run; "
+    script = ("import sys; from bench.config import Stage0Spec, build_config; from bench.run.protocol import run; "
               f"print(run(build_config('tiny', method='seq-ft', seed=0, **{{**{_literal(budget)}, "
               f"'out': {str(alone_out)!r}, 'stage0': Stage0Spec(steps=8, num_records=160, batch_size=8)}})))")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

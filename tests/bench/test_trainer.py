@@ -8,7 +8,7 @@ from accelerate import Accelerator
 from micro_llava import micro_llava
 
 from bench.perf.trainer import reference_steps
-from bench.trainer import train_steps
+from bench.train.trainer import train_steps
 
 IMAGE = 63
 
@@ -47,7 +47,7 @@ def test_gradient_checkpointing_trains_the_same_parameters():
     """Recomputing the decoder's activations in backward gives the same training (float rounding
     aside: the recomputed forward runs the same kernels on the same inputs), and evaluation-mode
     forwards are untouched by it."""
-    from bench.trainer import enable_gradient_checkpointing
+    from bench.train.trainer import enable_gradient_checkpointing
 
     data = batches()
     a, b = micro_llava(0), micro_llava(0)
@@ -63,7 +63,7 @@ def test_gradient_checkpointing_trains_the_same_parameters():
 def test_bf16_autocast_trains_and_decodes_on_cpu():
     from accelerate.state import AcceleratorState
 
-    from bench.trainer import generate
+    from bench.train.trainer import generate
 
     AcceleratorState._reset_state(True)  # the precision is process-wide state in accelerate
     try:

@@ -93,7 +93,7 @@ def run_tasks(method, model, tasks: Sequence[int], steps: int = 10,
     """The protocol's method lifecycle without evaluation: attach, then begin/train/end per task."""
     from accelerate import Accelerator
 
-    from bench.phases import train_task
+    from bench.train.phases import train_task
     from methods.base import MethodContext
 
     acc = Accelerator()

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import methods
 from bench.__main__ import main
-from bench.protocol import run
-from bench.records import read_record
+from bench.run.protocol import run
+from bench.io.records import read_record
 from methods.base import MethodContext
 from methods.cmoe import method as cmoe_method
 from methods.cmoe.method import CMoE, CMoEHParams, CMoEOracle

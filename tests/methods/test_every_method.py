@@ -14,10 +14,10 @@ from frozen_check import FrozenCheck  # tests/ is on sys.path through its confte
 from roundtrip_check import assert_round_trip
 
 import methods
-import bench.trainer as trainer
+import bench.train.trainer as trainer
 from bench.moe import moe_layers_of
-from bench.protocol import run
-from bench.records import read_record
+from bench.run.protocol import run
+from bench.io.records import read_record
 
 
 @pytest.mark.parametrize("name", methods.names())

@@ -13,9 +13,9 @@ import methods
 from bench.moe import FFNExperts, HyperRouter, LinearRouter, SwiGLUExpert
 from bench.moe.diversity import cosine_distance_matrix, diversity_report, expert_diversity, expert_gram
 from bench.moe.evolution import BetaSampler
-from bench.protocol import Hooks, run
-from bench.records import read_record
-from bench.phases import train_task as run_phases
+from bench.run.protocol import Hooks, run
+from bench.io.records import read_record
+from bench.train.phases import train_task as run_phases
 from methods.base import MethodContext
 from micro_llava import micro_llava  # tests/ is on sys.path through its conftest.py
 

@@ -9,8 +9,8 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from bench.moe import FFNExperts, MoEFFN, decoder_layers, expert_capacity
-from bench.protocol import Hooks, run
-from bench.records import read_record
+from bench.run.protocol import Hooks, run
+from bench.io.records import read_record
 from methods import hparams_for
 from methods.base import MethodContext
 from methods.moe_llava import MoELLaVA

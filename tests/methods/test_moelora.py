@@ -11,10 +11,10 @@ import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration
 
-from bench.lora import DECODER_LINEARS
+from bench.model.lora import DECODER_LINEARS
 from bench.moe.moelora_linear import MoELoRALinear
-from bench.protocol import run
-from bench.records import read_record
+from bench.run.protocol import run
+from bench.io.records import read_record
 from methods import hparams_for
 from methods.base import MethodContext
 from methods.moelora import MoELoRA

@@ -9,8 +9,8 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from bench.moe import LoRAExperts, LoRAFFNExperts, decoder_layers
-from bench.protocol import Hooks, run
-from bench.records import read_record
+from bench.run.protocol import Hooks, run
+from bench.io.records import read_record
 from methods import hparams_for
 from methods.base import MethodContext
 from methods.naive_expansion import NaiveExpansion

@@ -1,0 +1,1 @@
+"""lm-evaluation-harness integration: the ``cmb`` model, the shipped task folders, evaluation and tracking, and the ``bench lmeval`` command. The run loop never imports this package; ``--track`` trackers are built by the command line."""

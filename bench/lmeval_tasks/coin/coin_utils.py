@@ -1,3 +1,0 @@
-"""``!function`` hooks of the coin_<task> configs; the logic lives in :mod:`bench.lmeval_docs`."""
-from bench.lmeval_docs import (aggregate_clean, aggregate_official, doc_to_image, load_coin,  # noqa: F401
-                               process_results)
