@@ -6,7 +6,18 @@ paragraph on stderr with exit code 2; nothing is written in that case.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+# Sub-commands whose flags their own module defines (``add_arguments``). Such a module imports torch,
+# accelerate and the run loop, so it is imported only when its sub-command runs or is asked for help;
+# every other invocation (``list``, ``--help``) lists it by name and help line alone.
+MODULE_COMMANDS = {
+    "sweep": ("bench.sweeps.sweep", "run several methods x seeds (skipping existing records), then the leaderboard"),
+    "check": ("bench.analysis.check",
+              "CI regression: rerun the smoke preset per method and compare with results/baselines/"),
+    "base": ("bench.model.base_cmd", "the shipped stage-0 base (bench/base/): rebuild it or show its manifest"),
+}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -35,15 +46,24 @@ def _resume(args: argparse.Namespace) -> int:
     from bench.io.checkpoint import resume_config
     from bench.run.protocol import run
 
-    defaults = vars(build_parser().parse_args(["run"]))
+    defaults = vars(build_parser("run").parse_args(["run"]))
     renamed = {"set": "method_set"}
     given = {renamed.get(k, k): (_parse_set(v) if k == "set" else v) for k, v in vars(args).items()
              if k not in ("func", "resume", "command") and v != defaults.get(k)}
     cfg = resume_config(args.resume, given)
-    path = run(cfg, resume=args.resume)
+    path = run(cfg, resume=args.resume, trackers=_trackers(cfg))
     print(f"record: {path}")
     print(plots_hint(cfg.out))
     return 0
+
+
+def _trackers(cfg) -> list:
+    """The ``--track lmeval:TASK`` trackers the run loop is handed (lm-eval is imported only when asked for)."""
+    if not cfg.track:
+        return []
+    from bench.lmeval.track import trackers
+
+    return trackers(cfg)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -52,12 +72,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.resume:
         return _resume(args)
-    from bench.sweeps.sweep import overrides_from_args
+    from bench.config import overrides_from_args
 
     cfg = build_config(args.preset, method=args.method, seed=args.seed, method_set=_parse_set(args.set),
                        track=args.track, lmeval_include=args.lmeval_include, track_limit=args.track_limit,
                        **overrides_from_args(args))
-    path = run(cfg)
+    path = run(cfg, trackers=_trackers(cfg))
     print(f"record: {path}")
     print(plots_hint(cfg.out))
     return 0
@@ -110,11 +130,13 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line. ``only``: the one sub-command about to run; the flags of the other
+    ``MODULE_COMMANDS`` are then left out (their modules stay unimported). None: every flag."""
     p = argparse.ArgumentParser(prog="python -m bench", description="continual-moe-bench: continual MoE methods on CoIN")
     sub = p.add_subparsers(dest="command", required=True)
 
-    from bench.sweeps.sweep import BUDGET_FLAGS
+    from bench.config import BUDGET_FLAGS
 
     r = sub.add_parser("run", help="train one method through a task sequence and write a run record")
     r.add_argument("--method", default="seq-ft")
@@ -140,15 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     lb.set_defaults(func=cmd_leaderboard)
 
-    from bench.model import base_cmd
-
-    from bench.analysis import check
-
-    from bench.sweeps import sweep
-
-    sweep.add_parser(sub)
-    check.add_parser(sub)
-    base_cmd.add_parser(sub)
+    for name, (module, help_line) in MODULE_COMMANDS.items():
+        parser = sub.add_parser(name, help=help_line)
+        if only is None or only == name:
+            importlib.import_module(module).add_arguments(parser)
 
     sc = sub.add_parser("score", help="score a CoIN prediction JSONL as the official scripts do", add_help=False)
     sc.set_defaults(func=lambda a: __import__("tasks.score_cli", fromlist=["main"]).main(a.rest))
@@ -163,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(argv[0] if argv else "")
     # score/export/lmeval own their flags: hand everything after the sub-command to them unparsed.
     if argv and argv[0] in ("score", "export", "lmeval", "perf"):
         args = argparse.Namespace(rest=argv[1:], func=parser.parse_args(argv[:1]).func)

@@ -5,6 +5,7 @@ config is written verbatim into the run record, so two records with equal config
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -12,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tasks import DataSpec
 
 
 class ConfigError(ValueError):
@@ -92,7 +95,7 @@ class RunConfig:
     mini_test: int = 200
     # method hyper-parameters (--set key=value), validated against the method's dataclass
     method_set: dict[str, str] = field(default_factory=dict)
-    # lm-eval tasks evaluated after row 0 and after every task (--track lmeval:TASK; bench/lmeval/evaluate.py)
+    # lm-eval tasks evaluated after row 0 and after every task (--track lmeval:TASK; bench/lmeval/track.py)
     track: list[str] = field(default_factory=list)
     lmeval_include: list[str] = field(default_factory=list)  # extra lm-eval task folders (--lmeval-include)
     track_limit: int | None = None  # first N documents of each tracked task (--track-limit); None = all
@@ -158,8 +161,6 @@ class RunConfig:
         return cfg
 
     def data_spec(self):
-        from tasks import DataSpec
-
         return DataSpec(data_root=self.data_root, instructions=self.instructions, limit_train=self.limit_train,
                         limit_test=self.limit_test, data_seed=self.data_seed, mini_train=self.mini_train,
                         mini_test=self.mini_test, image_size=self.backbone.image_size,
@@ -198,3 +199,36 @@ def build_config(preset: str = "tiny", **overrides: Any) -> RunConfig:
         raise ConfigError("preset llava-1.5-7b needs --model PATH pointing at a local llava-hf checkpoint.")
     cfg.validate()
     return cfg
+
+
+# The `run` flags a sweep shares (everything but --method, --seed, --set and the lm-eval tracking
+# flags, which are per run); `python -m bench run` and `sweep` register these same definitions.
+BUDGET_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--tasks", {"default": "coin", "help": "a suite name or comma-separated task names"}),
+    ("--preset", {"default": "tiny"}),
+    ("--steps-per-task", {"type": int}),
+    ("--batch-size", {"type": int}),
+    ("--grad-accum", {"type": int}),
+    ("--lr", {"type": float}),
+    ("--data-seed", {"type": int}),
+    ("--task-order-seed", {"type": int}),
+    ("--data-root", {}),
+    ("--instructions", {"choices": ["Original", "Diverse", "10Type"]}),
+    ("--limit-train", {"type": int}),
+    ("--limit-test", {"type": int}),
+    ("--model", {"help": "a local llava-hf checkpoint folder (default: the tiny preset backbone)"}),
+    ("--mixed-precision", {"choices": ["auto", "no", "bf16", "fp16"]}),
+    ("--train-projector", {"action": "store_true", "default": None,
+                           "help": "also train the vision-language projector in every task (CoIN's LoRA recipe option)"}),
+    ("--compile", {"action": "store_true", "default": None,
+                   "help": "train through torch.compile (off by default; meant for GPUs, needs a C++ compiler on CPU)"}),
+    ("--gradient-checkpointing", {"action": "store_true", "default": None,
+                                  "help": "recompute decoder activations in the backward pass (less memory, ~30%% more compute)"}),
+    ("--out", {"default": "results", "help": "results folder (records go to OUT/runs/)"}),
+)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The budget flags as ``build_config`` keyword arguments (None = the preset's value)."""
+    return {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+            for flag, _ in BUDGET_FLAGS if flag != "--preset"}

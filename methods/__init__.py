@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import types
 import typing
 from typing import Any, Callable
 
@@ -57,7 +58,7 @@ def get(name: str) -> type[ContinualMethod]:
 def _convert(raw: str, kind: Any, key: str, method: str) -> Any:
     origin = typing.get_origin(kind)
     args = [a for a in typing.get_args(kind) if a is not type(None)]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+    if origin in (typing.Union, getattr(types, "UnionType", None)) and args:
         if raw.lower() in ("none", "null"):
             return None
         kind = args[0]

@@ -53,7 +53,7 @@ from bench.moe import FFNExperts, HyperRouter, LinearRouter, MoEFFN
 from bench.moe.diversity import diversity_report
 from bench.moe.evolution import ExpertEvolution
 from methods import register
-from methods.base import TrainingPhase
+from methods.base import TrainingPhase, hparams_dict
 from methods.moe_base import MoEHParams, MoEMethod
 
 # Seed offset of the β generator: the run seed picks the draws, the offset keeps the stream distinct
@@ -193,20 +193,6 @@ class EvoMoE(MoEMethod):
     def _router_params(self) -> list[nn.Parameter]:
         return [p for layer in self.layers.values() for p in layer.router.parameters()]
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """Every parameter some phase of a task trains: θ_1 and the router (all experts and the router
-        for ``experts=copied``)."""
-        if not self.layers:
-            return []
-        ids = range(self.hp.num_experts) if not self.evolved else [0]
-        return self._expert_params(ids) + self._router_params()
-
-    def evolving_parameters(self) -> list[nn.Parameter]:
-        """θ_2..θ_E while the evolution phase runs (it changes them without gradient); none otherwise."""
-        if self.phase != self.EVOLUTION:
-            return []
-        return self._expert_params(range(1, self.hp.num_experts))
-
     # --- phases ----------------------------------------------------------------------------------
     def _enter(self, phase: str) -> None:
         E = self.hp.num_experts
@@ -255,8 +241,9 @@ class EvoMoE(MoEMethod):
         self.evolution_steps = int(self.hp.evolution_fraction * steps + 0.5)
         self.router_steps = steps - self.evolution_steps
         self._enter(self.EVOLUTION)
+        # θ_2..θ_E change without gradient in this phase (after_optimizer_step)
         yield TrainingPhase("evolution", self._expert_params([0]), self.evolution_steps,
-                            evolving=self.evolving_parameters())
+                            evolving=self._expert_params(range(1, self.hp.num_experts)))
         self._enter(self.ROUTER)
         yield TrainingPhase("router", self._router_params(), self.router_steps)
 
@@ -302,7 +289,7 @@ class EvoMoE(MoEMethod):
     # --- resume ----------------------------------------------------------------------------------
     def _hparams_json(self) -> Any:
         # every knob but the dispatch path (fast and eager compute the same thing) must match on resume
-        hp = json.loads(json.dumps(self.hparams_dict()))
+        hp = json.loads(json.dumps(hparams_dict(self)))
         hp.pop("dispatch", None)
         return hp
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.moe import (ExpertSet, LoRAExperts, LoRAFFNExperts, MoEFFN, collect_aux_loss, decoder_layers,
+from bench.moe import (ExpertSet, LinearRouter, LoRAExperts, LoRAFFNExperts, MoEFFN, collect_aux_loss, decoder_layers,
                        install_moe, select_moe_layers, set_token_types)
 from methods.base import ContinualMethod, MethodHParams
 
@@ -72,6 +72,15 @@ class LoRAExpertHParams(MoEHParams):
             raise ValueError(f"lora_init must be 'kaiming' or 'normal', got {self.lora_init!r}")
 
 
+def router_with_groups(d: int, sizes: list[int], device: torch.device) -> LinearRouter:
+    """A fresh linear router whose rows come in groups of ``sizes`` (each group frozen as a whole), the
+    shape a saved router with those groups loads into."""
+    router = LinearRouter(d, sizes[0], device=device)
+    for n in sizes[1:]:
+        router.append_rows(n)
+    return router
+
+
 def lora_experts(mlp: nn.Module, num_experts: int, hp: LoRAExpertHParams) -> ExpertSet:
     """``num_experts`` fresh LoRA experts of ``hp.expert_type`` on the frozen FFN ``mlp``."""
     kind = LoRAFFNExperts if hp.expert_type == "lora-ffn" else LoRAExperts
@@ -110,13 +119,40 @@ class MoEMethod(ContinualMethod):
         if sorted(self.layers) != list(saved):
             raise ValueError(f"saved MoE layers {saved} != installed {sorted(self.layers)}")
 
-    def freeze_moe(self) -> None:
-        """Freeze every expert and every router row group of every MoE layer (what a method that grows
-        does before adding the new task's part)."""
+    def regrow_layers(self, experts_per_layer: dict[str, int], router_groups: dict[str, list[list[int]]]) -> None:
+        """On resume: grow every installed layer to the saved number of experts and rebuild its routers
+        from their saved row-group sizes (``router_with_groups``), so the saved tensors, masks and
+        per-group frozen flags load into the same shapes. Keys are layer ids as strings (JSON)."""
+        for i, layer in self.layers.items():
+            grow = experts_per_layer[str(i)] - layer.experts.num_experts
+            if grow < 0:
+                raise ValueError(f"layer {i} already has more experts than the saved state")
+            layer.experts.append(grow)
+            groups = router_groups[str(i)]
+            device = layer.routers[0].row_mask.device
+            while len(layer.routers) > 1:
+                layer.pop_router()
+            layer.routers[0] = router_with_groups(layer.experts.d_in, groups[0], device)
+            for g in groups[1:]:
+                layer.add_router(router_with_groups(layer.experts.d_in, g, device))
+
+    def set_moe_trainable(self, on: bool) -> None:
+        """Freeze (``on=False``: what a method that grows does before adding the new task's part) or
+        unfreeze every expert and every router row group of every MoE layer."""
         for layer in self.layers.values():
-            layer.experts.freeze()
+            if on:
+                layer.experts.unfreeze()
+            else:
+                layer.experts.freeze()
             for router in layer.routers:
-                router.freeze()
+                if on:
+                    router.unfreeze()
+                else:
+                    router.freeze()
+
+    def freeze_moe(self) -> None:
+        """Freeze every expert and every router row group of every MoE layer."""
+        self.set_moe_trainable(False)
 
     # --- training hooks --------------------------------------------------------------------------
     def auxiliary_loss(self) -> torch.Tensor | None:
@@ -134,7 +170,9 @@ class MoEMethod(ContinualMethod):
         for layer in self.layers.values():
             layer.select_rows(rows)
 
-    def rows_independent_at_eval(self) -> bool:
+    @property
+    def rows_independent_at_eval(self) -> bool:  # type: ignore[override]
+        """True unless some MoE layer couples the rows of a forward (capacity, second-choice noise)."""
         return all(layer.rows_independent_at_eval() for layer in self.layers.values())
 
     def reset_usage(self) -> None:

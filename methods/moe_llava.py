@@ -111,10 +111,7 @@ class MoELLaVA(MoEMethod):
 
     def _set_trainable(self) -> None:
         """Experts and routers of every MoE layer (+ the dense FFNs of the other layers if asked)."""
-        for layer in self.layers.values():
-            layer.experts.unfreeze()
-            for router in layer.routers:
-                router.unfreeze()
+        self.set_moe_trainable(True)
         if self.hp.train_dense_ffns:
             for i, block in enumerate(decoder_layers(self.model)):
                 if i not in self.layers:

@@ -1,5 +1,7 @@
-"""The generic half of a method checkpoint (``ContinualMethod.checkpoint_state`` / ``restore``):
-the method's trained parameters and state only; the base model is referenced, never copied.
+"""A method checkpoint, the same for every method (``checkpoint_state`` / ``restore``, called by
+``bench.io.checkpoint``): the method's trained parameters and state only; the base model is
+referenced, never copied. The method-specific part comes from its ``state_dict`` / ``load_state_dict``
+hooks.
 
     tensors  model.<name>   every model tensor except untouched base-model tensors (LoRA factors,
                             experts, routers and their row masks, base tensors the harness trained)
@@ -14,11 +16,13 @@ as it was. Any mismatch is a ``StateError`` naming the first differing keys.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-from typing import Any
+from typing import Any, Iterable
 
 import torch
+from torch import nn
+
+from methods.base import hparams_dict
 
 FORMAT = 1
 MODEL, METHOD, TENSOR_REF = "model.", "method.", "__tensor__"
@@ -60,7 +64,14 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def _hparams(method) -> Any:
-    return json.loads(json.dumps(dataclasses.asdict(method.hp), default=str))
+    return json.loads(json.dumps(hparams_dict(method), default=str))
+
+
+def note_trained(method, params: Iterable[nn.Parameter]) -> None:
+    """The harness reports every parameter it trains (or evolves) before a task's training
+    (``bench.train.phases.train_task``), so a base-model tensor trained in place (e.g. the projector,
+    MoE-LLaVA's dense FFNs) is saved too."""
+    method._noted.update(id(p) for p in params)
 
 
 def owned_model_tensors(method) -> dict[str, torch.Tensor]:
@@ -73,6 +84,10 @@ def owned_model_tensors(method) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_state(method) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, meta) for ``bench.io.checkpoint``: every model tensor that is not an untouched tensor
+    of the base model (LoRA, experts, routers, row masks, base tensors trained in place) under
+    ``model.<name>``, the tensors inside ``method.state_dict()`` under ``method.<path>``, and JSON metadata
+    (method name, hyper-parameters, which parameters were trainable, the method's own state)."""
     if method.model is None:
         raise StateError(f"method {method.name!r} is not attached to a model")
     tensors: dict[str, torch.Tensor] = {}
@@ -97,6 +112,8 @@ def checkpoint_state(method) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def restore(method, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Inverse of ``checkpoint_state`` on a freshly attached method: re-grow (``load_state_dict``), load,
+    set flags. Raises ``StateError`` when the checkpoint does not fit this method and model."""
     if method.model is None:
         raise StateError(f"attach method {method.name!r} to a model before restoring it")
     if meta.get("format") != FORMAT:
@@ -136,4 +153,4 @@ def restore(method, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> N
         raise StateError(f"checkpoint marks unknown parameters trainable: {sorted(unknown)[:5]}")
     for name, p in named.items():
         p.requires_grad_(name in trainable)
-    method.note_trained(current[n] for n in base_trained)
+    note_trained(method, (current[n] for n in base_trained))

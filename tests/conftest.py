@@ -15,16 +15,28 @@ def session_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("cmb-cache"))
 
 
-@pytest.fixture
-def tiny_config(session_cache, tmp_path):
+def tiny_config_factory(cache_dir: str, out: str):
     """A factory of very small run configs: two short tasks, a few steps, a tiny stage 0."""
     from bench.config import Stage0Spec, build_config
 
     def make(**overrides):
         values = dict(method="seq-ft", tasks="vqav2,imagenet", steps_per_task=6, batch_size=8, mini_train=48,
-                      mini_test=16, eval_batch_size=16, max_new_tokens=8, out=str(tmp_path / "results"),
-                      cache_dir=session_cache, stage0=Stage0Spec(steps=8, num_records=160, batch_size=8))
+                      mini_test=16, eval_batch_size=16, max_new_tokens=8, out=out,
+                      cache_dir=cache_dir, stage0=Stage0Spec(steps=8, num_records=160, batch_size=8))
         values.update(overrides)
         return build_config("tiny", **values)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def session_tiny_config(session_cache, tmp_path_factory):
+    """``tiny_config_factory`` writing into one results folder for the whole session (runs that
+    session-scoped fixtures train once and share)."""
+    return tiny_config_factory(session_cache, str(tmp_path_factory.mktemp("session-runs") / "results"))
+
+
+@pytest.fixture
+def tiny_config(session_cache, tmp_path):
+    """``tiny_config_factory`` writing into the test's own results folder."""
+    return tiny_config_factory(session_cache, str(tmp_path / "results"))

@@ -11,6 +11,7 @@ from bench.io import checkpoint
 from bench.run import restore
 from bench.train.data import eval_loader
 from bench.run.protocol import encode_test_sets
+from methods.state import checkpoint_state
 
 
 def _outputs(method, model, batch) -> torch.Tensor:
@@ -37,8 +38,8 @@ def assert_round_trip(cfg, record, method, model) -> None:
         {n for n, p in loaded.model.named_parameters() if p.requires_grad}
 
     # the method's own state (structure, counters, VAEs, generators) survives a second round trip
-    t_live, m_live = method.checkpoint_state()
-    t_back, m_back = loaded.method.checkpoint_state()
+    t_live, m_live = checkpoint_state(method)
+    t_back, m_back = checkpoint_state(loaded.method)
     assert m_live == m_back
     assert sorted(t_live) == sorted(t_back) and all(torch.equal(t_live[k], t_back[k]) for k in t_live)
     # the frozen base model is referenced, not copied

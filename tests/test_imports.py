@@ -120,3 +120,15 @@ def test_the_run_loop_does_not_reach_restoring_a_run():
 
 def test_task_types_import_nothing_else_from_tasks():
     assert {m for m in import_graph()["tasks.types"] if m.startswith("tasks")} == set()
+
+
+def test_the_run_loop_imports_neither_lm_eval_nor_the_benchmarks():
+    # --track trackers are built by the command line (bench.lmeval.track) and handed to the run as callables
+    graph = import_graph()
+    reached, todo = set(), ["bench.run.protocol"]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(graph[module])
+    assert not {m for m in reached if m.startswith(("bench.lmeval", "bench.perf"))}

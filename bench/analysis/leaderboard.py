@@ -9,8 +9,8 @@ seed 0) come first, in the order they always had, and their plot names carry no 
 shuffled or re-seeded run renames nothing. Within a group a
 row is one *configuration*: a method with one set of hyper-parameters and one oracle flag; its seeds
 are aggregated as ``mean ± std`` (sample std, ddof=1; 0.00 for a single seed) with ``n`` the number of
-records. Rows whose hyper-parameters differ from the method's defaults are ablations and name the
-changed keys in their label (``cmoe [probing=False]``); oracle-task-id runs (an upper bound the design
+records. Rows run with ``--set`` hyper-parameters (the record's ``config.method_set``) are ablations and
+name those keys in their label (``cmoe [probing=False]``); oracle-task-id runs (an upper bound the design
 keeps apart) carry ``(oracle)`` and are marked in the *Kind* column, as are joint-training runs.
 
 Parameter columns (from the record's ``parameters`` list, one entry per stage, first seed's record):
@@ -65,8 +65,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib import patheffects
+from matplotlib.patches import Rectangle
+
 from bench.analysis.learnability import LEARNABILITY_MARGIN, MARK, flagged_cells, record_chance, row_learnability
 from bench.io.records import RecordError, atomic_write_text, read_record
+from bench.analysis.stats import RESAMPLES, bootstrap, paired_difference, rank_groups
 
 METRICS = (("last", "Last"), ("mft", "MFT"), ("maa", "MAA"), ("bwt", "BWT"), ("forgetting", "Forgetting"),
            ("fwt", "FWT"))
@@ -183,22 +190,13 @@ def _jsonable(v: Any) -> Any:
     return json.loads(json.dumps(v))
 
 
-def default_hparams(method: str) -> dict[str, Any] | None:
-    """The method's default hyper-parameters as JSON values, or None for a method not registered here."""
-    import methods
-
-    try:
-        return _jsonable(dataclasses.asdict(methods.hparams_for(method)))
-    except methods.MethodError:
-        return None
-
-
-def changed_hparams(r: dict[str, Any], defaults: dict[str, Any] | None) -> dict[str, Any]:
-    """Keys whose recorded value differs from the default (keys the record lacks count as default)."""
-    if defaults is None:
-        return {}
+def changed_hparams(r: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters the run was given (``--set``: its config's ``method_set``), with the values
+    the method resolved them to (the record's ``hparams``). Read from the record alone, so a label never
+    depends on the defaults of the code that renders it; a record without ``method_set`` ran at defaults."""
+    given = (r.get("config") or {}).get("method_set") or {}
     hp = _jsonable(r["hparams"])
-    return {k: hp[k] for k in sorted(hp) if k not in defaults or hp[k] != defaults[k]}
+    return {k: hp[k] for k in sorted(given) if k in hp}
 
 
 def row_label(method: str, changed: dict[str, Any], oracle: bool) -> str:
@@ -269,8 +267,6 @@ class Row:
     @functools.cached_property
     def boot(self):
         """:class:`bench.analysis.stats.Replicates` of the row's records, or None without per-sample scores."""
-        from bench.analysis.stats import bootstrap
-
         return bootstrap(self.records)
 
     def interval(self, key: str) -> tuple[float, float] | None:
@@ -289,21 +285,15 @@ def fmt_interval(ci: tuple[float, float] | None, digits: int = 2) -> str:
 def rank_letters(rows: list[Row]) -> list[str]:
     """:func:`bench.analysis.stats.rank_groups` on Last for rows in table order (best first); n/a without per-sample
     scores."""
-    from bench.analysis.stats import rank_groups
-
     return [letters or NA for letters in rank_groups([row.boot for row in rows], "last")]
 
 
 def build_groups(records: list[dict[str, Any]]) -> list[tuple[tuple, list[Row]]]:
     """[(group key, rows sorted by Last desc then label)]: the default groups (suite order, data seed 0)
     first, each set in sorted key order."""
-    defaults_cache: dict[str, dict[str, Any] | None] = {}
     groups: dict[tuple, dict[tuple, list[dict[str, Any]]]] = {}
     for r in records:
         method = r["method"]
-        if method not in defaults_cache:
-            defaults_cache[method] = default_hparams(method)
-        changed = changed_hparams(r, defaults_cache[method])
         oracle = bool(r["oracle_task_id"])
         rkey = (method, json.dumps(_jsonable(r["hparams"]), sort_keys=True), oracle)
         groups.setdefault(group_key(r), {}).setdefault(rkey, []).append(r)
@@ -312,7 +302,7 @@ def build_groups(records: list[dict[str, Any]]) -> list[tuple[tuple, list[Row]]]
         rows = []
         for (method, _hp, oracle), recs in groups[gkey].items():
             recs = sorted(recs, key=lambda r: (r["seeds"]["run"], r["run_id"]))
-            changed = changed_hparams(recs[0], defaults_cache[method])
+            changed = changed_hparams(recs[0])
             kinds = [k for k, on in (("oracle", oracle), ("ablation", bool(changed)),
                                      ("joint", bool(recs[0]["joint_training"]))) if on]
             rows.append(Row(label=row_label(method, changed, oracle), method=method,
@@ -323,8 +313,6 @@ def build_groups(records: list[dict[str, Any]]) -> list[tuple[tuple, list[Row]]]
 
 
 def table_frame(rows: list[Row]):
-    import pandas as pd
-
     data = []
     for row, letters in zip(rows, rank_letters(rows)):
         d: dict[str, Any] = {"Method": row.label, "Kind": row.kind, "n": len(row.records), "Rank group": letters}
@@ -345,8 +333,6 @@ def table_frame(rows: list[Row]):
 
 
 def csv_frame(groups: list[tuple[tuple, list[Row]]]):
-    import pandas as pd
-
     data = []
     for gkey, rows in groups:
         suite, source, chash, steps, bs, lr, order, dseed, shuffled = gkey
@@ -397,8 +383,6 @@ def learnability_frame(rows: list[Row]):
     """Chance row, then one row per configuration: mean accuracy right after training on each task (joint
     training: its Last row), ``✗`` at or below chance + margin, its bootstrap 95% interval ``[lo, hi]`` where
     the records carry per-sample scores, and the count of tasks above chance + margin."""
-    import pandas as pd
-
     names = group_tasks(rows)
     infos = [row_learnability(row) for row in rows]
     chance_row: dict[str, Any] = {"Method": "chance"}
@@ -426,10 +410,6 @@ def pairwise_frame(rows: list[Row]):
     """One line per pair of configurations with per-sample scores (table order, the better-ranked first):
     the paired-bootstrap difference in Last and in BWT, its 95% interval, p-value and whether the interval
     excludes 0 (``yes``). Pairs whose test sets differ show n/a; None when fewer than two rows qualify."""
-    import pandas as pd
-
-    from bench.analysis.stats import paired_difference
-
     usable = [row for row in rows if row.boot is not None]
     data = []
     for i, x in enumerate(usable):
@@ -450,8 +430,6 @@ def pairwise_frame(rows: list[Row]):
 
 
 def _fmt_p(p: float) -> str:
-    from bench.analysis.stats import RESAMPLES
-
     return f"<{1 / RESAMPLES:.4f}" if p == 0 else f"{p:.4f}"
 
 
@@ -484,8 +462,6 @@ def ptl_accuracy(row: Row) -> tuple[dict[str, float], float | None] | None:
 
 
 def ptl_frame(rows: list[Row]):
-    import pandas as pd
-
     names = group_tasks(rows)
     data = []
     for row in rows:
@@ -588,8 +564,6 @@ def _mean(values: list[float]) -> float:
 
 
 def growth_frame(rows: list[Row]):
-    import pandas as pd
-
     names = group_tasks(rows)
     data = []
     for row in rows:
@@ -622,13 +596,7 @@ def draw_plots(groups: list[tuple[tuple, list[Row]]], plots_dir: Path) -> list[P
     that carries one, parameters vs task index for all rows on one chart, and Last vs parameters added (one
     point per row, with its bootstrap 95% interval as an error bar where the records carry per-sample
     scores). Returns the PNG paths."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import patheffects
-    from matplotlib.patches import Rectangle
-
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
     meta = {"Software": None}  # no version string in the PNG: same records → same bytes
@@ -643,83 +611,101 @@ def draw_plots(groups: list[tuple[tuple, list[Row]]], plots_dir: Path) -> list[P
 
     for gkey, rows in groups:
         for row in rows:
-            r = row.first
-            A = r["accuracy_matrix"]
-            ylabels = r.get("matrix_rows") or (["base"] + [f"after {t}" for t in r["tasks"]])[:len(A)]
-            chance = record_chance(r).levels
-            levels = [chance.get(t) if chance else None for t in r["tasks"]]
-            shown = [list(map(float, line)) for line in A]
-            if any(c is not None for c in levels):
-                shown.append([math.nan if c is None else float(c) for c in levels])
-            fig, ax = plt.subplots(figsize=(0.6 * len(r["tasks"]) + 2.5, 0.45 * len(shown) + 2.1))
-            im = ax.imshow(shown, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-            xlabels = [t if c is None else f"{t} ({c:.1f})" for t, c in zip(r["tasks"], levels)]
-            ax.set_xticks(range(len(r["tasks"])), xlabels, rotation=45, ha="right", fontsize=8)
-            ylabs = [f"after {y}" if y != "base" else y for y in ylabels] + (["chance"] if len(shown) > len(A) else [])
-            ax.set_yticks(range(len(shown)), ylabs, fontsize=8)
-            if len(shown) > len(A):
-                ax.axhline(len(A) - 0.5, color="white", linewidth=2)
-            for i, rowv in enumerate(shown):
-                for j, v in enumerate(rowv):
-                    if math.isnan(v):
-                        continue
-                    below = i < len(A) and levels[j] is not None and v <= levels[j]
-                    style = (dict(color="red", fontsize=8, fontweight="bold",
-                                  path_effects=[patheffects.withStroke(linewidth=2, foreground="white")]) if below
-                             else dict(color="white" if v < 50 else "black", fontsize=7))
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", **style)
-            # the judged cells (diagonal; joint training: the last row) at or below chance + margin
-            for i, j in flagged_cells(r, chance):
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="red",
-                                       linewidth=1.5))
-            note = (f"\nred: at or below chance (last row)\nhatched: judged, at or below chance + "
-                    f"{LEARNABILITY_MARGIN:g}" if chance else "\nchance level unknown")
-            ax.set_title(f"{row.label} — accuracy (%), seed {r['seeds']['run']}{note}", fontsize=8)
-            fig.colorbar(im, ax=ax)
-            save(fig, plot_name("heatmap", gkey, row.label))
-
+            save(_heatmap(row), plot_name("heatmap", gkey, row.label))
             if has_ptl(row):
-                true, predicted, counts = ptl_confusion(row)
-                pct = [[100.0 * c / sum(line) if sum(line) else 0.0 for c in line] for line in counts]
-                fig, ax = plt.subplots(figsize=(0.6 * len(predicted) + 2.5, 0.45 * len(true) + 2.0))
-                im = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100, aspect="auto")
-                ax.set_xticks(range(len(predicted)), predicted, rotation=45, ha="right", fontsize=8)
-                ax.set_yticks(range(len(true)), true, fontsize=8)
-                for i, line in enumerate(pct):
-                    for j, v in enumerate(line):
-                        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
-                                color="white" if v >= 50 else "black")
-                ax.set_xlabel("predicted task", fontsize=8)
-                ax.set_ylabel("true task", fontsize=8)
-                ax.set_title(f"{row.label} — task locator after the last task\n% of each task's test samples, "
-                             f"{len(row.records)} seed(s) summed", fontsize=8)
-                fig.colorbar(im, ax=ax)
-                save(fig, plot_name("confusion", gkey, row.label))
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for row in rows:
-            totals = [int(p["total"]) for p in row.first["parameters"]]
-            ax.plot(range(1, len(totals) + 1), totals, marker="o", label=row.label)
-        ax.set_xlabel("task index (stage)")
-        ax.set_ylabel("total parameters")
-        ax.set_title("parameters after each task", fontsize=9)
-        ax.legend(fontsize=7)
-        save(fig, plot_name("params", gkey))
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for row in rows:
-            x, y = params_added(row.first["parameters"]), row.stat("last")[0]
-            ci = row.interval("last")
-            if ci is None:
-                ax.scatter([x], [y])
-            else:  # asymmetric: the percentile interval need not be centred on the point
-                ax.errorbar([x], [y], yerr=[[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]], fmt="o", capsize=3)
-            ax.annotate(row.label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("parameters added over the stream")
-        ax.set_ylabel("Last (%)")
-        ax.set_title("Last vs parameters added (bars: bootstrap 95% CI where per-sample scores exist)", fontsize=9)
-        save(fig, plot_name("last-vs-added", gkey))
+                save(_confusion_plot(row), plot_name("confusion", gkey, row.label))
+        save(_params_plot(rows), plot_name("params", gkey))
+        save(_last_vs_added_plot(rows), plot_name("last-vs-added", gkey))
     return written
+
+
+def _heatmap(row: Row):
+    """The accuracy matrix of the row's first seed, a chance row under it, below-chance numbers in red
+    and the judged cells at or below chance + margin hatched."""
+    r = row.first
+    A = r["accuracy_matrix"]
+    ylabels = r.get("matrix_rows") or (["base"] + [f"after {t}" for t in r["tasks"]])[:len(A)]
+    chance = record_chance(r).levels
+    levels = [chance.get(t) if chance else None for t in r["tasks"]]
+    shown = [list(map(float, line)) for line in A]
+    if any(c is not None for c in levels):
+        shown.append([math.nan if c is None else float(c) for c in levels])
+    fig, ax = plt.subplots(figsize=(0.6 * len(r["tasks"]) + 2.5, 0.45 * len(shown) + 2.1))
+    im = ax.imshow(shown, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    xlabels = [t if c is None else f"{t} ({c:.1f})" for t, c in zip(r["tasks"], levels)]
+    ax.set_xticks(range(len(r["tasks"])), xlabels, rotation=45, ha="right", fontsize=8)
+    ylabs = [f"after {y}" if y != "base" else y for y in ylabels] + (["chance"] if len(shown) > len(A) else [])
+    ax.set_yticks(range(len(shown)), ylabs, fontsize=8)
+    if len(shown) > len(A):
+        ax.axhline(len(A) - 0.5, color="white", linewidth=2)
+    for i, rowv in enumerate(shown):
+        for j, v in enumerate(rowv):
+            if math.isnan(v):
+                continue
+            below = i < len(A) and levels[j] is not None and v <= levels[j]
+            style = (dict(color="red", fontsize=8, fontweight="bold",
+                          path_effects=[patheffects.withStroke(linewidth=2, foreground="white")]) if below
+                     else dict(color="white" if v < 50 else "black", fontsize=7))
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", **style)
+    # the judged cells (diagonal; joint training: the last row) at or below chance + margin
+    for i, j in flagged_cells(r, chance):
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="red",
+                               linewidth=1.5))
+    note = (f"\nred: at or below chance (last row)\nhatched: judged, at or below chance + "
+            f"{LEARNABILITY_MARGIN:g}" if chance else "\nchance level unknown")
+    ax.set_title(f"{row.label} — accuracy (%), seed {r['seeds']['run']}{note}", fontsize=8)
+    fig.colorbar(im, ax=ax)
+    return fig
+
+
+def _confusion_plot(row: Row):
+    """The task locator's confusion matrix after the last task (% of each task's test samples)."""
+    true, predicted, counts = ptl_confusion(row)
+    pct = [[100.0 * c / sum(line) if sum(line) else 0.0 for c in line] for line in counts]
+    fig, ax = plt.subplots(figsize=(0.6 * len(predicted) + 2.5, 0.45 * len(true) + 2.0))
+    im = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(predicted)), predicted, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(true)), true, fontsize=8)
+    for i, line in enumerate(pct):
+        for j, v in enumerate(line):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if v >= 50 else "black")
+    ax.set_xlabel("predicted task", fontsize=8)
+    ax.set_ylabel("true task", fontsize=8)
+    ax.set_title(f"{row.label} — task locator after the last task\n% of each task's test samples, "
+                 f"{len(row.records)} seed(s) summed", fontsize=8)
+    fig.colorbar(im, ax=ax)
+    return fig
+
+
+def _params_plot(rows: list[Row]):
+    """Total parameters after each task, one line per row."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        totals = [int(p["total"]) for p in row.first["parameters"]]
+        ax.plot(range(1, len(totals) + 1), totals, marker="o", label=row.label)
+    ax.set_xlabel("task index (stage)")
+    ax.set_ylabel("total parameters")
+    ax.set_title("parameters after each task", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _last_vs_added_plot(rows: list[Row]):
+    """Last vs parameters added, one point per row (bootstrap 95% interval where it exists)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        x, y = params_added(row.first["parameters"]), row.stat("last")[0]
+        ci = row.interval("last")
+        if ci is None:
+            ax.scatter([x], [y])
+        else:  # asymmetric: the percentile interval need not be centred on the point
+            ax.errorbar([x], [y], yerr=[[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]], fmt="o", capsize=3)
+        ax.annotate(row.label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("parameters added over the stream")
+    ax.set_ylabel("Last (%)")
+    ax.set_title("Last vs parameters added (bars: bootstrap 95% CI where per-sample scores exist)", fontsize=9)
+    return fig
 
 
 # --- rendering -------------------------------------------------------------------------------------

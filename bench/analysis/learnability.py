@@ -14,17 +14,23 @@ without ``tasks_chance`` has none either.
 Joint training has no per-task stream and so no diagonal: its accuracies after the stream (the Last row)
 are judged instead. Everything here is a pure function of the records (plus the coin-mini generators).
 
-The gate judges *default configurations*: leaderboard rows with no changed hyper-parameter, and rows whose
-every record was run without ``--set`` (``config.method_set`` empty). The second kind are the method's
-defaults of the time the records were made: when a method's defaults change, its committed records become
-"ablations" of the new defaults, yet they are still the results the method is shown with until they are
-regenerated, so they stay gated. Rows run with ``--set`` (deliberate ablations) are exempt.
+The gate judges *default configurations*: leaderboard rows whose records were run without ``--set``
+(``config.method_set`` empty; the leaderboard labels rows from the records alone). Those are the method's
+defaults of the time the records were made: when a method's defaults change, its committed records are
+still the results the method is shown with until they are regenerated, so they stay gated. Rows run with
+``--set`` (deliberate ablations) are exempt.
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 from typing import Any, Iterable
+
+from tasks.base import DataSpec
+from tasks.synthetic import GENERATOR_VERSION
+from bench.config import default_cache_dir
+from tasks.chance import chance_levels
+import methods
 
 LEARNABILITY_MARGIN = 5.0  # accuracy points above chance a cell must exceed to count as learned
 MARK = "✗"  # marks a cell at or below chance + margin
@@ -40,8 +46,6 @@ class Chance:
 
 
 def _image_size(r: dict[str, Any]) -> int:
-    from tasks.base import DataSpec
-
     for split in (r["data"].get("splits") or {}).values():
         for source in (split or {}).values():
             if isinstance(source, dict) and source.get("image_size") is not None:
@@ -62,17 +66,11 @@ def record_chance(r: dict[str, Any]) -> Chance:
     data = r["data"]
     if data["source"] != "coin-mini":
         return Chance(None, f"records of data source {data['source']!r} carry no 'tasks_chance'")
-    from tasks.synthetic import GENERATOR_VERSION
-
     versions = sorted({str(s["generator_version"]) for split in (data.get("splits") or {}).values()
                        for s in (split or {}).values() if isinstance(s, dict) and "generator_version" in s})
     if versions and versions != [GENERATOR_VERSION]:
         return Chance(None, f"made on coin-mini generator v{', v'.join(versions)}, this code generates "
                             f"v{GENERATOR_VERSION}; regenerate the records", stale=True)
-    from bench.config import default_cache_dir
-    from tasks.base import DataSpec
-    from tasks.chance import chance_levels
-
     defaults = DataSpec()
     spec = DataSpec(data_seed=int(data.get("data_seed", r["seeds"].get("data", 0)) or 0),
                     mini_train=int(data.get("mini_train") or defaults.mini_train),
@@ -162,19 +160,11 @@ class GateResult:
     notes: list[str]                         # configurations not judged, and why
 
 
-def ran_defaults(records: list[dict[str, Any]]) -> bool:
-    """Whether every record was run without ``--set`` (its config records an empty ``method_set``)."""
-    return all(isinstance((r.get("config") or {}).get("method_set"), dict) and not r["config"]["method_set"]
-               for r in records)
-
-
 def gate(groups: Iterable[tuple[tuple, list]], method_names: Iterable[str] | None = None) -> GateResult:
-    """Every default configuration (no changed hyper-parameter, or every record run without ``--set``; oracle
-    rows included) of a registered method in ``method_names`` (default: every registered method) must be above chance + margin on every task
-    right after training on it (joint training: after the stream). ``groups`` is
+    """Every default configuration (records run without ``--set``; oracle rows included) of a registered
+    method in ``method_names`` (default: every registered method) must be above chance + margin on every
+    task right after training on it (joint training: after the stream). ``groups`` is
     :func:`bench.analysis.leaderboard.build_groups`' output."""
-    import methods
-
     registered = set(methods.names())
     wanted = registered if method_names is None else registered & set(method_names)
     groups = list(groups)
@@ -183,11 +173,10 @@ def gate(groups: Iterable[tuple[tuple, list]], method_names: Iterable[str] | Non
     for i, (_gkey, rows) in enumerate(groups, 1):
         where = f" (group {i})" if len(groups) > 1 else ""
         for row in rows:
-            drifted = bool(row.changed) and ran_defaults(row.records)
-            if row.method not in wanted or (row.changed and not drifted):
+            if row.method not in wanted or row.changed:
                 continue
             seen.add(row.method)
-            label = row.label + (" (run without --set: the defaults when it was made)" if drifted else "")
+            label = row.label
             info = row_learnability(row)
             if info.reason is not None:
                 if info.stale:

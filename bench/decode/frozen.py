@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
+from torch.nn.modules import module as module_mod
 
 
 def passive_hook(hook) -> bool:
@@ -22,8 +23,6 @@ def passive_hook(hook) -> bool:
 
 
 def global_hooks_present() -> bool:
-    from torch.nn.modules import module as module_mod
-
     return any(getattr(module_mod, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
                                                              "_global_forward_hooks_with_kwargs"))
 

@@ -1,4 +1,4 @@
-"""The KV cache of ``bench.train.trainer.generate``: preallocated room for the decoded tokens, a prompt batch
+"""The KV cache of ``bench.decode.generate.generate``: preallocated room for the decoded tokens, a prompt batch
 prefilled in chunks into one set of buffers, and rows dropped once their samples are done.
 
 ``DynamicLayer`` (transformers' default) ``torch.cat``s every decoded token onto the whole cache, a

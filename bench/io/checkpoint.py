@@ -6,7 +6,7 @@ Layout of one run (``run_id`` is fixed when the run starts; the record keeps its
     <out>/runs/<run_id>.json            the run record (written once, at the end, never overwritten)
     <out>/runs/<run_id>/config.json     the resolved RunConfig (``RunConfig.to_dict``)
     <out>/runs/<run_id>/task-<k:02d>/   after stage k (0-based) finished training AND evaluation:
-        method.safetensors              ``method.checkpoint_state()`` tensors: what the method owns or
+        method.safetensors              ``methods.state.checkpoint_state`` tensors: what the method owns or
                                         trained; the stage-0 base model is referenced, never copied
         state.json                      method metadata, RNG states (before and after the stage's
                                         evaluation), the record pieces so far (matrix rows, parameter
@@ -31,10 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load, save
+from safetensors import SafetensorError
 
 from bench.config import ConfigError, RunConfig
 from bench.io.records import RecordError, atomic_write_text
 from methods.state import StateError
+from methods import state as method_state
 
 FORMAT = 1
 TENSORS, STATE, CONFIG = "method.safetensors", "state.json", "config.json"
@@ -142,13 +145,11 @@ def save_task_checkpoint(run_dir: str | Path, k: int, method, progress: dict[str
     ``progress`` holds the record pieces so far (JSON-able); ``base`` identifies the stage-0 model the
     tensors apply to (its key / config hash); ``rng`` is the generator state to continue from and
     ``rng_before_eval`` the state the stage's evaluation started from (to reproduce that row)."""
-    from safetensors.torch import save
-
     run_dir = Path(run_dir)
     final = task_dir(run_dir, k)
     if final.exists():
         raise CheckpointError(f"{final} already exists; a task checkpoint is never overwritten")
-    tensors, meta = method.checkpoint_state()
+    tensors, meta = method_state.checkpoint_state(method)
     blob = save(tensors, metadata={"format": str(FORMAT), "method": method.name, "task": str(k)})
     state = {"format": FORMAT, "run_id": run_dir.name, "task_index": k, "base": base, "method": meta,
              "rng": rng, "rng_before_eval": rng_before_eval or rng, "progress": progress,
@@ -167,9 +168,6 @@ def save_task_checkpoint(run_dir: str | Path, k: int, method, progress: dict[str
 
 def load_task_checkpoint(run_dir: str | Path, k: int) -> TaskCheckpoint:
     """Read and verify ``task-<k:02d>`` (sha256 of the tensors, format, task index); no pickle."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     folder = task_dir(run_dir, k)
     if not folder.is_dir():
         have = finished_tasks(run_dir)
@@ -201,9 +199,9 @@ def load_task_checkpoint(run_dir: str | Path, k: int) -> TaskCheckpoint:
 
 
 def restore_method(method, ckpt: TaskCheckpoint) -> None:
-    """``method.restore`` with its errors turned into CheckpointError (one paragraph for the CLI)."""
+    """``methods.state.restore`` with its errors turned into CheckpointError (one paragraph for the CLI)."""
     try:
-        method.restore(ckpt.tensors, ckpt.method_meta)
+        method_state.restore(method, ckpt.tensors, ckpt.method_meta)
     except StateError as e:
         raise CheckpointError(f"checkpoint after task {ckpt.index} does not fit: {e}") from None
 

@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.config import RunConfig
+
 RECORD_VERSION = 1
 REQUIRED_KEYS = ("record_version", "run_id", "method", "hparams", "tasks", "data", "backbone", "seeds", "budget",
                  "accuracy_matrix", "scores", "metrics", "parameters", "wall_time", "versions", "git_commit",
@@ -128,6 +130,59 @@ def git_commit() -> str | None:
 def new_run_id(method: str, seed: int) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     return f"{stamp}-{method}-s{seed}"
+
+
+def accuracy_matrix(rows: list[dict[str, dict[str, Any]]], tasks: list[str]) -> list[list[float]]:
+    """``A[i][j]``: accuracy (points, 4 decimals) on task ``j`` after matrix row ``i`` (row 0: the base)."""
+    return [[round(row[n]["accuracy"], 4) for n in tasks] for row in rows]
+
+
+def build_record(*, run_id: str, resumed_after_task: int | None, method: str, hparams: dict[str, Any],
+                 joint_training: bool, oracle_task_id: bool, tasks: list[str], cfg: RunConfig,
+                 data_source: str, splits: dict[str, Any], backbone: dict[str, Any], processes: int,
+                 mixed_precision: str, sharding: Any, matrix_rows: list[str],
+                 rows: list[dict[str, dict[str, Any]]], metrics: dict[str, Any], parameters: list,
+                 method_reports: list, training: list, wall_time: dict[str, float],
+                 peak_rss_mb: float) -> dict[str, Any]:
+    """The run record of a finished run, in the one schema ``validate`` checks. ``rows`` are the
+    evaluation rows (row 0 first): each task's scores plus each tracked name's (``cfg.track``);
+    ``backbone`` is the backbone's description with its ``stage0`` entry."""
+    coin_mini = data_source == "coin-mini"
+    return {
+        "record_version": RECORD_VERSION,
+        "run_id": run_id,
+        "run_dir": f"runs/{run_id}",  # per-task checkpoints (bench.io.checkpoint); git-ignored
+        "resumed_after_task": resumed_after_task,
+        "method": method,
+        "hparams": hparams,
+        "joint_training": joint_training,
+        "oracle_task_id": oracle_task_id,
+        "tasks": tasks,
+        "suite": cfg.tasks,
+        "data": {"source": data_source, "data_seed": cfg.data_seed, "instructions": cfg.instructions,
+                 "mini_train": cfg.mini_train if coin_mini else None,
+                 "mini_test": cfg.mini_test if coin_mini else None,
+                 "limit_train": cfg.limit_train, "limit_test": cfg.limit_test, "splits": splits},
+        "backbone": backbone,
+        "seeds": {"run": cfg.seed, "data": cfg.data_seed, "task_order": cfg.task_order_seed},
+        "budget": {"steps_per_task": cfg.steps_per_task, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+                   "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "preset": cfg.preset,
+                   "processes": processes, "mixed_precision": mixed_precision, "sharding": sharding},
+        "scoring_mode": cfg.scoring_mode,
+        "accuracy_matrix": accuracy_matrix(rows, tasks),
+        "matrix_rows": matrix_rows,
+        "scores": [{n: row[n] for n in tasks} for row in rows],
+        "tracked": {k: [row[k] for row in rows] for k in cfg.track},  # one entry per matrix row
+        "metrics": metrics,
+        "parameters": parameters,
+        "method_reports": method_reports,
+        "training": training,
+        "wall_time": {k: round(v, 3) for k, v in wall_time.items()},
+        "peak_rss_mb": round(peak_rss_mb, 1),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "config": cfg.to_dict(),
+    }
 
 
 def validate(record: dict[str, Any]) -> None:

@@ -9,11 +9,12 @@ metadata, so the CoIN configs read that run's own test split. Nothing is downloa
 """
 from __future__ import annotations
 
+from lm_eval.__main__ import cli_evaluate
+
+import bench.lmeval.model
+
 
 def main() -> None:
-    import bench.lmeval.model  # noqa: F401  (registers the "cmb" model)
-    from lm_eval.__main__ import cli_evaluate
-
     cli_evaluate()
 
 

@@ -21,6 +21,11 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from bench.io.checkpoint import read_run_config
+from bench.config import default_cache_dir
+from tasks import DataSpec
+import tasks
+
 SPEC_FIELDS = ("data_root", "instructions", "limit_train", "limit_test", "data_seed", "mini_train", "mini_test",
                "image_size", "cache_dir")
 _INT_FIELDS = {"limit_train", "limit_test", "data_seed", "mini_train", "mini_test", "image_size"}
@@ -30,14 +35,9 @@ def data_spec(run: str | None = None, **metadata: Any):
     """The ``tasks.DataSpec`` a CoIN task config reads (see the module docstring for the precedence).
     ``cache_dir`` is the harness's cache root (as ``RunConfig.cache_dir`` / ``CMB_CACHE``; coin-mini
     lives in its ``coin-mini/`` folder), so the same model arg serves the model and the tasks."""
-    from bench.config import default_cache_dir
-    from tasks import DataSpec
-
     cache_root = metadata.get("cache_dir") or None
     values: dict[str, Any] = {"cache_dir": str(Path(cache_root or default_cache_dir()) / "coin-mini")}
     if run:
-        from bench.io.checkpoint import read_run_config
-
         values.update(dataclasses.asdict(read_run_config(run, cache_root).data_spec()))
     if os.environ.get("CMB_DATA_ROOT"):
         values["data_root"] = os.environ["CMB_DATA_ROOT"]
@@ -52,8 +52,6 @@ def data_spec(run: str | None = None, **metadata: Any):
 def load_coin(task: str, run: str | None = None, **metadata: Any) -> dict[str, Any]:
     """``custom_dataset`` hook: ``{"test": datasets.Dataset}`` of one CoIN task's test records with the
     columns question_id, prompt, answer, image, refs (JSON) and task."""
-    import tasks
-
     split = tasks.get(task).load("test", data_spec(run, **metadata))
     dataset = split.dataset
     return {"test": dataset.add_column("task", [task] * len(dataset))}
@@ -78,8 +76,6 @@ def process_results(doc: dict[str, Any], results: Sequence[str]) -> dict[str, tu
 
 
 def _aggregate(items: Sequence[tuple], mode: str) -> float:
-    import tasks
-
     names = {name for name, _, _ in items}
     if len(names) != 1:
         raise ValueError(f"one CoIN task per aggregation, got {sorted(names)}")

@@ -15,6 +15,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lm_eval.utils import handle_non_serializable
+
+from bench.config import ConfigError, default_cache_dir
+from bench.io.checkpoint import finished_tasks
+from bench.lmeval.model import CMBLM
+from bench.lmeval.evaluate import evaluate, table, task_manager
+from bench.io.records import atomic_write_text
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench lmeval", description=__doc__.splitlines()[0])
@@ -36,8 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_tasks(manager, names: list[str]) -> None:
-    from bench.config import ConfigError
-
     unknown = [n for n in names if n not in manager.all_tasks]
     if unknown:
         known = ", ".join(sorted(n for n in manager.all_tasks if not n.startswith("_")))
@@ -47,11 +53,6 @@ def _check_tasks(manager, names: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from bench.io.checkpoint import finished_tasks
-    from bench.config import ConfigError, default_cache_dir
-    from bench.lmeval.model import CMBLM
-    from bench.lmeval.evaluate import evaluate, table, task_manager
-
     run_dir = Path(args.run)
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     for folder in args.include:
@@ -82,10 +83,6 @@ def _jsonable(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write(path: Path, payload: dict[str, Any]) -> None:
-    from lm_eval.utils import handle_non_serializable
-
-    from bench.io.records import atomic_write_text
-
     atomic_write_text(path, json.dumps(payload, indent=1, default=handle_non_serializable, ensure_ascii=False) + "\n")
 
 

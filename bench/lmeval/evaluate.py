@@ -1,5 +1,5 @@
-"""Running lm-eval tasks on a ``bench.lmeval.model.CMBLM``: offline task discovery, one evaluation call, flat
-metrics, and tracking lm-eval tasks after every row of a continual run (``--track lmeval:TASK``).
+"""Running lm-eval tasks on a ``bench.lmeval.model.CMBLM``: offline task discovery, one evaluation call and
+flat metrics (tracking them along a run: ``bench.lmeval.track``).
 
 Tasks come from the folder the project ships (``bench/lmeval/tasks``: the eight CoIN tasks, group
 ``coin``, and the text-only ``retention`` tasks) plus any ``include`` folders; lm-eval's built-in tasks
@@ -7,24 +7,21 @@ are indexed only when asked for (``builtin=True``), so nothing is ever looked up
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
+
+from lm_eval import simple_evaluate
+from lm_eval.tasks import TaskManager
+from lm_eval.utils import make_table
 
 from bench.run.rng import preserved_rng
 
 TASKS_DIR = Path(__file__).parent / "tasks"
-TRACK_PREFIX = "lmeval:"
 
 
 def task_manager(include: Sequence[str] = (), builtin: bool = False, metadata: dict[str, Any] | None = None):
     """An lm-eval TaskManager over the shipped task folder (+ ``include`` folders, + lm-eval's own
     tasks when ``builtin``)."""
-    from lm_eval.tasks import TaskManager
-
     paths = [str(TASKS_DIR), *[str(p) for p in include]]
     return TaskManager(include_defaults=builtin, include_path=paths, metadata=metadata or None)
 
@@ -33,8 +30,6 @@ def evaluate(lm, tasks: Sequence[str], *, manager=None, limit: int | float | Non
              log_samples: bool = False, gen_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """``lm_eval.simple_evaluate`` on ``lm`` with seeding left to the caller (no global reseed) and no
     bootstrap (stderr "N/A"); returns lm-eval's results dict."""
-    from lm_eval import simple_evaluate
-
     with preserved_rng():
         return simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager or task_manager(), limit=limit,
                                log_samples=log_samples, gen_kwargs=gen_kwargs, bootstrap_iters=0,
@@ -56,45 +51,7 @@ def flat_metrics(results: dict[str, Any], name: str) -> dict[str, float]:
 
 def table(results: dict[str, Any]) -> str:
     """lm-eval's markdown results table (tasks, then groups)."""
-    from lm_eval.utils import make_table
-
     text = make_table(results)
     if results.get("groups"):
         text += "\n" + make_table(results, "groups")
     return text
-
-
-@lru_cache(maxsize=4)
-def _tracking_manager(include: tuple[str, ...], metadata_json: str):
-    return task_manager(include, metadata=json.loads(metadata_json))
-
-
-def track_row(cfg, model, method, backbone, accelerator) -> dict[str, dict[str, Any]]:
-    """The tracked lm-eval tasks of ``cfg.track`` (``lmeval:TASK``) on the model as it is now:
-    ``{"lmeval:TASK": {metric: value, ..., "method": report}}`` (``method`` only when the method reports
-    on that evaluation, e.g. CMoE's routing). The protocol calls it after every row of the accuracy
-    matrix; generators are left untouched, so tracking never changes the run's own results. CoIN
-    tasks read the run's own data spec; tasks from ``cfg.lmeval_include`` folders work the same way."""
-    if not cfg.track:
-        return {}
-    from bench.lmeval.model import CMBLM
-
-    manager = _tracking_manager(tuple(cfg.lmeval_include),
-                                json.dumps({**dataclasses.asdict(cfg.data_spec()), "cache_dir": cfg.cache_dir},
-                                           sort_keys=True))
-    lm = CMBLM(backbone=backbone, model=model, method=method, cfg=cfg, accelerator=accelerator)
-    quiet = logging.getLogger("lm_eval")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    out: dict[str, dict[str, Any]] = {}
-    try:
-        for item in cfg.track:
-            name = item[len(TRACK_PREFIX):]
-            row: dict[str, Any] = flat_metrics(evaluate(lm, [name], manager=manager, limit=cfg.track_limit), name)
-            report = method.evaluation_report(item)
-            if report:
-                row["method"] = report
-            out[item] = row
-    finally:
-        quiet.setLevel(level)
-    return out

@@ -9,7 +9,7 @@ lm-eval gets the harness's number (``tests/bench/test_lmeval.py``):
 - ``generate_until``: the context is the record's prompt; it is wrapped in the backbone's
   conversation template with the image placeholder (``Backbone.prompt_ids``), images go through the
   backbone's image processor (``bench.train.data.Collator``), batches are built by ``bench.train.data.eval_loader``
-  and decoded greedily by ``bench.train.trainer.generate`` with the method's ``before_forward`` hook; the text
+  and decoded greedily by ``bench.decode.generate.generate`` with the method's ``before_forward`` hook; the text
   is cut at the first ``until`` string; ``max_gen_toks`` defaults to the run's ``max_new_tokens``.
 - ``loglikelihood``: ``(context, continuation[, {"visual": [...]}])``; with the template (default) the
   context is encoded as a prompt and the continuation as the answer is in training (tokenised on its
@@ -39,8 +39,8 @@ from tqdm.auto import tqdm
 from bench.train.data import IGNORE, EncodedSplit, eval_loader
 from bench.run.restore import load_after_task
 from bench.run.setup import make_accelerator
-from bench.train.trainer import generate, method_hooks
 from tasks.types import Record
+from bench.decode.generate import generate, method_hooks
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ MODEL_NAME = "cmb"
 
 
 class _CPUAccelerator:
-    """What ``bench.train.trainer.generate`` needs of an accelerator, for objects built without a run config."""
+    """What ``bench.decode.generate.generate`` needs of an accelerator, for objects built without a run config."""
 
     def __init__(self, device: torch.device):
         self.device = device

@@ -14,9 +14,17 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
-from torch import nn
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (AutoProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+                          PreTrainedTokenizerFast)
+from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
 from bench.config import BackboneSpec, stable_hash
+
+try:  # transformers >= 5: the Pillow backend, no torchvision needed
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+except ImportError:
+    from transformers import CLIPImageProcessor
 
 log = logging.getLogger(__name__)
 
@@ -83,23 +91,7 @@ class Backbone:
 # --------------------------------------------------------------------------------------------------
 # tiny backbone
 # --------------------------------------------------------------------------------------------------
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a ``LlavaForConditionalGeneration`` (or a bare Llama model)."""
-    for path in ("model.language_model.layers", "language_model.layers", "model.layers", "layers"):
-        obj = model
-        try:
-            for attr in path.split("."):
-                obj = getattr(obj, attr)
-        except AttributeError:
-            continue
-        if isinstance(obj, nn.ModuleList):
-            return obj
-    raise AttributeError(f"no decoder layers found in {type(model).__name__}")
-
-
 def tiny_configs(spec: BackboneSpec, tokenizer) -> Any:
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
     vision = CLIPVisionConfig(hidden_size=spec.vision_hidden, intermediate_size=4 * spec.vision_hidden,
                               num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
                               image_size=spec.image_size, patch_size=spec.patch_size, projection_dim=spec.text_hidden)
@@ -117,11 +109,6 @@ def tiny_configs(spec: BackboneSpec, tokenizer) -> Any:
 
 
 def tiny_image_processor(spec: BackboneSpec):
-    try:  # transformers >= 5: the Pillow backend, no torchvision needed
-        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-    except ImportError:
-        from transformers import CLIPImageProcessor
-
     return CLIPImageProcessor(size={"shortest_edge": spec.image_size},
                               crop_size={"height": spec.image_size, "width": spec.image_size},
                               image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
@@ -129,9 +116,6 @@ def tiny_image_processor(spec: BackboneSpec):
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int):
     """A byte-level BPE tokenizer trained with `tokenizers` on the suite's own text (offline)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -172,8 +156,6 @@ def init_vision_positions(model, scale: float = 0.5) -> None:
     after stage 0 the decoder still could not tell left from right (ScienceQA's side questions at
     chance, grounding collapsed to one box). Structured codes of the content's magnitude make
     "where" as readable as "what" from the first step; they remain trainable."""
-    from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
-
     for emb in (m for m in model.modules() if isinstance(m, CLIPVisionEmbeddings)):
         grid = int(round(emb.num_patches ** 0.5))
         with torch.no_grad():
@@ -183,8 +165,6 @@ def init_vision_positions(model, scale: float = 0.5) -> None:
 
 
 def build_tiny(spec: BackboneSpec, tokenizer, seed: int):
-    from transformers import LlavaForConditionalGeneration
-
     torch.manual_seed(seed)
     config = tiny_configs(spec, tokenizer)
     model = LlavaForConditionalGeneration(config)
@@ -202,8 +182,6 @@ def describe(spec: BackboneSpec, config, tokenizer_hash: str) -> dict[str, Any]:
 
 def load_local(spec: BackboneSpec) -> Backbone:
     """A local llava-hf checkpoint with its own processor; same Backbone interface as the tiny one."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
     path = Path(spec.model_path)
     processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
     model = LlavaForConditionalGeneration.from_pretrained(str(path), local_files_only=True, torch_dtype="auto")

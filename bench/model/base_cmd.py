@@ -23,11 +23,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
+from accelerate.utils import set_seed
+import torch
+import transformers
+
 from bench.model import base_model as bm
+from bench.config import build_config
+from bench.run.setup import make_accelerator, ordered_tasks
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("base", help="the shipped stage-0 base (bench/base/): rebuild it or show its manifest")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``base`` sub-command's sub-commands and flags (``bench.__main__`` registers ``base``)."""
     s = p.add_subparsers(dest="base_command", required=True)
     b = s.add_parser("build", help="train tokenizer + stage 0 of the tiny preset from scratch and compare "
                                    "with the shipped base")
@@ -42,15 +49,10 @@ def add_parser(sub) -> None:
 
 
 def _default_cfg(cache: Path):
-    from bench.config import build_config
-
     return build_config("tiny", cache_dir=str(cache))
 
 
 def _versions() -> dict[str, Any]:
-    import torch
-    import transformers
-
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine()}
 
@@ -98,8 +100,6 @@ def package(cfg, task_list, dest: Path) -> dict[str, Any]:
 
 
 def _tensor_summary(new: Path, old: Path) -> list[str]:
-    from safetensors.torch import load_file
-
     a, b = load_file(str(new)), load_file(str(old))
     if set(a) != set(b) or any(a[k].shape != b[k].shape for k in a):
         return ["weights: other tensor names or shapes than the shipped base (not comparable tensor by tensor)"]
@@ -163,17 +163,13 @@ def install(src: Path, dst: Path) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from accelerate.utils import set_seed
-
-    from bench.run import protocol
-
     cache = Path(args.cache) if args.cache else Path(tempfile.mkdtemp(prefix="cmb-base-build-"))
     cfg = _default_cfg(cache)
-    task_list = protocol.ordered_tasks(cfg)
+    task_list = ordered_tasks(cfg)
     plan = bm.plan_base(cfg, task_list, use_shipped=False)
     doing = plan.describe(cfg) if plan.source == "train" else f"reusing the cached {plan.key}"
     print(f"base build: tiny preset in cache {cache}; {doing}", flush=True)
-    accelerator = protocol.make_accelerator(cfg)
+    accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)  # as in a run (stage 0 itself seeds its init and its data order)
     bm.load_base(cfg, task_list, accelerator, plan)
     out = Path(args.out) if args.out else cache / "base"
@@ -194,8 +190,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from bench.run import protocol
-
     manifest = bm.read_manifest()
     if manifest is None:
         print(f"no shipped base: {bm.SHIPPED_DIR / bm.MANIFEST_NAME} is missing (python -m bench base build --write)")
@@ -218,7 +212,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"  {name}  {entry['bytes'] / 1e6:.2f} MB  sha256 {entry['sha256']}")
     with tempfile.TemporaryDirectory(prefix="cmb-base-show-") as empty:
         cfg = _default_cfg(Path(empty))
-        plan = bm.plan_base(cfg, protocol.ordered_tasks(cfg))
+        plan = bm.plan_base(cfg, ordered_tasks(cfg))
     if plan.source == "shipped":
         print(f"current code: the default tiny config's key is {plan.key}, the shipped one (a first run trains nothing)")
     else:

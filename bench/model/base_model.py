@@ -32,10 +32,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerFast
+from safetensors.torch import load, save
 
 from bench.model.backbone import (POSITION_INIT, Backbone, build_tiny, describe, load_local, tiny_configs,
                             tiny_image_processor, train_tokenizer)
 from bench.config import ConfigError, RunConfig, stable_hash
+from tasks.synthetic import GENERATOR_VERSION
+from tasks.synthetic.captions import pretrain_records
+from bench.model.backbone import conversation_text
+from bench.train.data import encode_split, train_loader
+from bench.train.trainer import train_steps
+import tasks
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +69,13 @@ class BaseModelError(ConfigError):
 def pretrain_source(cfg: RunConfig) -> dict[str, Any]:
     """The ``source`` of the stage-0 caption split exactly as ``tasks.synthetic.build_split`` records
     it once rendered, computed from the generator version and code digest alone (no rendering)."""
-    from tasks.synthetic import GENERATOR_VERSION, _code_digest
-
     n = cfg.stage0.num_records
     return {"kind": "coin-mini", "data_seed": cfg.stage0.data_seed, "generator_version": GENERATOR_VERSION,
-            "code_digest": _code_digest(), "n": n, "generated": n, "image_size": cfg.backbone.image_size}
+            "code_digest": tasks.synthetic._code_digest(), "n": n,  # looked up when called (tests replace it)
+            "generated": n, "image_size": cfg.backbone.image_size}
 
 
 def _pretrain_split(cfg: RunConfig):
-    from tasks.synthetic.captions import pretrain_records
-
     return pretrain_records(cfg.stage0.num_records, cfg.stage0.data_seed, cfg.backbone.image_size,
                             cache_dir=cfg.data_spec().cache_dir)
 
@@ -78,8 +83,6 @@ def _pretrain_split(cfg: RunConfig):
 def _tokenizer_tasks(cfg: RunConfig, task_list) -> list:
     """coin-mini: always all eight tasks, so one tokenizer and one stage 0 serve every task subset and
     order; real CoIN files: the tasks the run reads (others may be absent from the data root)."""
-    import tasks
-
     return list(task_list) if cfg.data_root else tasks.suite("coin")
 
 
@@ -89,8 +92,6 @@ def _tokenizer_corpus(cfg: RunConfig, task_list):
     then learns the merges the model really sees (" ASSISTANT:", " B", " Red"); trained on bare
     answers it splits " B" into a lone space plus "B", and the lone space is a token stage 0 never
     predicts, which no LoRA can cheaply teach it to predict later."""
-    from bench.model.backbone import conversation_text
-
     def corpus():
         spec = cfg.data_spec()
         for split in [_pretrain_split(cfg)] + [task.load("train", spec) for task in task_list]:
@@ -277,8 +278,6 @@ class BasePlan:
 
 
 def _load_tokenizer(folder: Path):
-    from transformers import PreTrainedTokenizerFast
-
     return PreTrainedTokenizerFast.from_pretrained(str(folder))
 
 
@@ -346,8 +345,6 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
 
 
 def _read_weights(path: Path, expected_sha: str | None, what: str) -> tuple[dict[str, torch.Tensor], str]:
-    from safetensors.torch import load
-
     blob = path.read_bytes()
     sha = hashlib.sha256(blob).hexdigest()
     if expected_sha is not None and sha != expected_sha:
@@ -417,11 +414,6 @@ def load_base(cfg: RunConfig, task_list, accelerator, plan: BasePlan | None = No
     if plan.source in ("cached", "shipped"):
         info.update(load_weights(model, plan))
         return backbone, info
-
-    from safetensors.torch import save
-
-    from bench.train.data import encode_split, train_loader
-    from bench.train.trainer import train_steps
 
     cache = Path(cfg.cache_dir)
     if plan.tokenizer_source == "shipped":  # the cache then holds the tokenizer its weights were trained with

@@ -99,19 +99,13 @@ def _gumbel_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Te
     return -torch.empty_like(x).exponential_(generator=generator).log()
 
 
-def top_k_gating(logits: torch.Tensor, top_k: int, *, expert_mask: torch.Tensor | None = None,
-                 routable_rows: torch.Tensor | None = None, num_experts: int | None = None,
-                 capacity_factor: float | None = None, min_capacity: int = 0, second_choice_noise: bool = False,
-                 renormalize: bool = True, generator: torch.Generator | None = None) -> MoEOutput:
-    """Route S tokens: logits [S, E_r] -> ``MoEOutput`` (see the module docstring for the rules).
+def _routable_columns(logits: torch.Tensor, expert_mask: torch.Tensor | None, routable_rows: torch.Tensor | None,
+                      num_experts: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits [S, E] over the whole expert set, the routable expert ids or None for all of them).
 
-    ``expert_mask`` [E_r] bool: routable rows (default all); ``routable_rows``: its True indices, when
-    the caller already has them (``LinearRouter.routable_rows``: no read back from the device).
-    ``num_experts`` (>= E_r): size of the expert set, when the router predates later experts; those
-    experts are unroutable and the output's [*, E] fields cover them (logit -inf, probability 0,
-    count 0). ``capacity_factor=None``: dropless.
-    """
-    logits = logits.float()
+    Experts beyond the router's E_r rows (added after it) get logit -inf and are unroutable; the
+    routable ids come from ``routable_rows`` when the caller has them, else from the mask (one read
+    back from the device only when some row is masked)."""
     S, E_r = logits.shape
     E_all = E_r if num_experts is None else num_experts
     if E_all < E_r:
@@ -129,6 +123,39 @@ def top_k_gating(logits: torch.Tensor, top_k: int, *, expert_mask: torch.Tensor 
         active = routable_rows.to(logits.device)
     elif expert_mask is not None and not bool(expert_mask.all()):
         active = expert_mask.nonzero().squeeze(1)
+    return logits, active
+
+
+def _capacity_keep(idx_c: torch.Tensor, E: int, top_k: int, capacity_factor: float | None,
+                   min_capacity: int) -> tuple[torch.Tensor, int | None]:
+    """(kept [S, k] bool, capacity C or None): an assignment is kept while its expert has a free slot,
+    slots filled by choice rank first, then in token order (DeepSpeed's ``top2gating``)."""
+    S = idx_c.shape[0]
+    if capacity_factor is None or S == 0:
+        return torch.ones_like(idx_c, dtype=torch.bool), None
+    capacity = expert_capacity(S, E, top_k, capacity_factor, min_capacity)
+    onehot = F.one_hot(idx_c, E)                                             # [S, k, E]
+    # slots taken by all earlier choice ranks, then running count within this rank (token order)
+    earlier = torch.cumsum(onehot.sum(dim=0), dim=0) - onehot.sum(dim=0)     # [k, E]
+    location = torch.cumsum(onehot, dim=0) - 1 + earlier.unsqueeze(0)        # [S, k, E]
+    location = location.gather(2, idx_c.unsqueeze(2)).squeeze(2)             # [S, k]
+    return location < capacity, capacity
+
+
+def top_k_gating(logits: torch.Tensor, top_k: int, *, expert_mask: torch.Tensor | None = None,
+                 routable_rows: torch.Tensor | None = None, num_experts: int | None = None,
+                 capacity_factor: float | None = None, min_capacity: int = 0, second_choice_noise: bool = False,
+                 renormalize: bool = True, generator: torch.Generator | None = None) -> MoEOutput:
+    """Route S tokens: logits [S, E_r] -> ``MoEOutput`` (see the module docstring for the rules).
+
+    ``expert_mask`` [E_r] bool: routable rows (default all); ``routable_rows``: its True indices, when
+    the caller already has them (``LinearRouter.routable_rows``: no read back from the device).
+    ``num_experts`` (>= E_r): size of the expert set, when the router predates later experts; those
+    experts are unroutable and the output's [*, E] fields cover them (logit -inf, probability 0,
+    count 0). ``capacity_factor=None``: dropless.
+    """
+    logits, active = _routable_columns(logits.float(), expert_mask, routable_rows, num_experts)
+    S, E_all = logits.shape
     logits_c = logits if active is None else logits.index_select(1, active)
     E = logits_c.shape[1]
     if not 1 <= top_k <= E:
@@ -146,17 +173,7 @@ def top_k_gating(logits: torch.Tensor, top_k: int, *, expert_mask: torch.Tensor 
 
     aux = load_balancing_loss(probs_c, idx_c[:, 0], E)
 
-    capacity = None
-    if capacity_factor is not None and S > 0:
-        capacity = expert_capacity(S, E, top_k, capacity_factor, min_capacity)
-        onehot = F.one_hot(idx_c, E)                                             # [S, k, E]
-        # slots taken by all earlier choice ranks, then running count within this rank (token order)
-        earlier = torch.cumsum(onehot.sum(dim=0), dim=0) - onehot.sum(dim=0)     # [k, E]
-        location = torch.cumsum(onehot, dim=0) - 1 + earlier.unsqueeze(0)        # [S, k, E]
-        location = location.gather(2, idx_c.unsqueeze(2)).squeeze(2)             # [S, k]
-        kept = location < capacity
-    else:
-        kept = torch.ones_like(idx_c, dtype=torch.bool)
+    kept, capacity = _capacity_keep(idx_c, E, top_k, capacity_factor, min_capacity)
 
     gates = probs_c.gather(1, idx_c) * kept
     if renormalize:

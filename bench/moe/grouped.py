@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 
 def _slices(counts: Sequence[int]):

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from bench.model.backbone import decoder_layers
+from bench.model.layers import decoder_layers
 
 __all__ = ["decoder_layers", "install_moe", "select_moe_layers"]
 

@@ -26,8 +26,6 @@ from torch import nn
 
 from bench.moe.experts import ExpertSet, LoRADelta
 
-PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
-
 
 class LoRAFFNExpert(nn.Module):
     """The LoRA factors of one expert (``gate_proj`` / ``up_proj`` / ``down_proj``, each a

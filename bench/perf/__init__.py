@@ -20,8 +20,9 @@ BENCHMARKS = {"trainer": "bench.perf.trainer", "eval": "bench.perf.eval", "steps
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in BENCHMARKS:
-        print(__doc__.strip(), file=sys.stderr if argv else sys.stdout)
-        if argv and argv[0] not in ("-h", "--help"):
+        asked = not argv or argv[0] in ("-h", "--help")
+        print(__doc__.strip(), file=sys.stdout if asked else sys.stderr)
+        if not asked:
             print(f"error: unknown benchmark {argv[0]!r}; one of {', '.join(BENCHMARKS)}.", file=sys.stderr)
             return 2
         return 0

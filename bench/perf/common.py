@@ -11,13 +11,13 @@ from typing import Callable
 
 import torch
 
+from bench.model import base_model
+
 
 def tiny_backbone(cfg, task_list, *, stage0: bool = True):
     """(backbone, description of the weights). The tokenizer comes from the cache or the shipped base
     (or is trained and cached) as in a run; stage-0 weights only when cached or shipped (a benchmark
     never trains stage 0)."""
-    from bench.model import base_model
-
     plan = base_model.ensure_tokenizer(cfg, task_list, base_model.plan_base(cfg, task_list))
     bb = base_model.tiny_backbone(cfg, plan)
     weights = "random init (stage 0 neither cached nor shipped)"

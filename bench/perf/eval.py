@@ -1,4 +1,4 @@
-"""Evaluation speed: the harness's batched greedy decoding with a KV cache (``bench.train.trainer.generate``
+"""Evaluation speed: the harness's batched greedy decoding with a KV cache (``bench.decode.generate.generate``
 over ``bench.train.data.eval_loader``) vs ``model.generate`` one sample at a time, on the same test records.
 
     python -m bench perf eval [--tasks vqav2,gqa,grounding --records 64 --method seq-ft --repeats 3 --threads N]
@@ -19,10 +19,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from bench.perf.common import header, interleaved, median, tiny_backbone
+from bench.config import build_config
+from bench.train.data import encode_split, eval_loader
+from bench.run.protocol import make_accelerator, ordered_tasks
+from bench.decode.generate import generate, method_hooks
+from methods.base import MethodContext
+import methods
 
 
 def hf_generate_one_by_one(model, backbone, encoded, indices, max_new_tokens: int) -> dict[int, list[int]]:
@@ -42,7 +50,28 @@ def hf_generate_one_by_one(model, backbone, encoded, indices, max_new_tokens: in
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class _Bench:
+    """What both decoders run on: the tiny model with the method attached and the test records."""
+
+    backbone: Any
+    model: Any
+    method: Any
+    accelerator: Any
+    sets: list[tuple[str, Any, list[int]]]  # (task, encoded test split, record indices)
+    batch_size: int
+    max_new: int
+
+    @property
+    def records(self) -> int:
+        return sum(len(ix) for _, _, ix in self.sets)
+
+    def decode(self, loader) -> dict[int, list[int]]:
+        return generate(self.model, loader, eos_id=self.backbone.eos_id, max_new_tokens=self.max_new,
+                        accelerator=self.accelerator, **method_hooks(self.method))
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench perf eval", description=__doc__.split("\n")[0])
     p.add_argument("--tasks", default="vqav2,gqa,grounding")
     p.add_argument("--records", type=int, default=64, help="test records per task (64 = one full eval batch)")
@@ -54,19 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--rows", type=int, default=0, help="also time R evaluation rows, cached vs uncached")
     p.add_argument("--compare-batch", type=int, default=None, help="also check predictions at this eval batch")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    import methods
-    from bench.config import build_config
-    from bench.train.data import encode_split, eval_loader
-    from bench.run.protocol import make_accelerator, ordered_tasks
-    from bench.train.trainer import generate, method_hooks
-    from methods.base import MethodContext
+    return p
 
+
+def _setup(args: argparse.Namespace) -> tuple[_Bench, str]:
+    """The tiny preset with ``args.method`` attached as at the start of a run, and the first
+    ``args.records`` test records of every task; plus where the weights came from."""
     cfg = build_config("tiny", method=args.method, tasks=args.tasks, mixed_precision="no")
-    batch_size = args.batch_size or cfg.eval_batch_size
-    max_new = args.max_new_tokens or cfg.max_new_tokens
     accelerator = make_accelerator(cfg)
     task_list = ordered_tasks(cfg)
     backbone, weights = tiny_backbone(cfg, task_list)
@@ -80,30 +103,31 @@ def main(argv: list[str] | None = None) -> int:
     for task in task_list:
         encoded = encode_split(backbone, task.load("test", spec))
         sets.append((task.name, encoded, list(range(min(args.records, len(encoded))))))
-    n = sum(len(ix) for _, _, ix in sets)
-    print(header(f"evaluation: {n} test records ({', '.join(t for t, _, _ in sets)}), {args.method} on the tiny "
-                 f"preset ({weights}), greedy, max {max_new} new tokens; harness batch {batch_size} vs "
-                 f"model.generate per record; median of {args.repeats} interleaved rounds"))
+    return _Bench(backbone=backbone, model=model, method=method, accelerator=accelerator, sets=sets,
+                  batch_size=args.batch_size or cfg.eval_batch_size,
+                  max_new=args.max_new_tokens or cfg.max_new_tokens), weights
+
+
+def _harness_vs_generate(b: _Bench, args: argparse.Namespace) -> tuple[dict[str, dict], float, bool]:
+    """Both decoders, interleaved round by round; prints the table. Returns the harness's predictions,
+    its median seconds and whether any record's tokens differ."""
     results: dict[str, dict] = {}
 
     def harness() -> float:
         t = time.perf_counter()
-        res = {}
-        for name, encoded, ix in sets:
-            loader = eval_loader(backbone, encoded, batch_size, indices=ix)
-            res[name] = generate(model, loader, eos_id=backbone.eos_id, max_new_tokens=max_new,
-                                 accelerator=accelerator, **method_hooks(method))
-        results["harness"] = res
+        results["harness"] = {name: b.decode(eval_loader(b.backbone, encoded, b.batch_size, indices=ix))
+                              for name, encoded, ix in b.sets}
         return time.perf_counter() - t
 
     def one_by_one() -> float:
         t = time.perf_counter()
-        results["hf"] = {name: hf_generate_one_by_one(model, backbone, encoded, ix, max_new)
-                         for name, encoded, ix in sets}
+        results["hf"] = {name: hf_generate_one_by_one(b.model, b.backbone, encoded, ix, b.max_new)
+                         for name, encoded, ix in b.sets}
         return time.perf_counter() - t
 
+    n = b.records
     times = interleaved({"harness": harness, "model.generate": one_by_one}, args.repeats, args.warmup)
-    mismatched = [(name, i) for name, _, ix in sets for i in ix if results["harness"][name][i] != results["hf"][name][i]]
+    mismatched = [(name, i) for name, _, ix in b.sets for i in ix if results["harness"][name][i] != results["hf"][name][i]]
     lengths = [len(v) for r in results["hf"].values() for v in r.values()]
     h, g = median(times["harness"]), median(times["model.generate"])
     print("| decoding | s (median) | ms / record | per-round s |")
@@ -115,37 +139,56 @@ def main(argv: list[str] | None = None) -> int:
     print(f"outputs identical: {n - len(mismatched)}/{n} records" +
           (f"; DIFFER at {mismatched[:10]}" if mismatched else ""))
     print(f"model.generate / harness = {g / h:.2f}x  (target >= 5)")
-    bad = bool(mismatched)
-    if args.rows >= 2:
-        outputs: dict[str, list] = {"cached": [], "uncached": []}
+    return results["harness"], h, bool(mismatched)
 
-        def rows(cached: bool) -> float:
-            t = time.perf_counter()
-            for _ in range(args.rows):
-                row = {}
-                for name, encoded, ix in sets:
-                    batches = eval_loader(backbone, encoded, batch_size, indices=ix)
-                    row[name] = generate(model, batches if cached else batches.loader, eos_id=backbone.eos_id,
-                                         max_new_tokens=max_new, accelerator=accelerator,
-                                         **method_hooks(method))
-                outputs["cached" if cached else "uncached"].append(row)
-            return time.perf_counter() - t
 
-        rt = interleaved({"uncached": lambda: rows(False), "cached": lambda: rows(True)}, args.repeats, 0)
-        same = all(r == outputs["uncached"][0] for r in outputs["cached"] + outputs["uncached"])
-        u, c = median(rt["uncached"]), median(rt["cached"])
-        print(f"{args.rows} evaluation rows: every row collates + runs the vision tower {u:.2f} s, "
-              f"batches and image features reused {c:.2f} s -> {u / c:.2f}x; predictions identical: {same}")
-        bad |= not same
-    if args.compare_batch:
+def _cached_vs_uncached_rows(b: _Bench, args: argparse.Namespace) -> bool:
+    """``args.rows`` evaluation rows as a run decodes them vs collating and encoding images every row;
+    prints both times. Returns whether any row's predictions differ."""
+    outputs: dict[str, list] = {"cached": [], "uncached": []}
+
+    def rows(cached: bool) -> float:
         t = time.perf_counter()
-        other = {name: generate(model, eval_loader(backbone, encoded, args.compare_batch, indices=ix).loader,
-                                eos_id=backbone.eos_id, max_new_tokens=max_new, accelerator=accelerator,
-                                **method_hooks(method)) for name, encoded, ix in sets}
-        tb = time.perf_counter() - t
-        diff = sum(other[name][i] != results["harness"][name][i] for name, _, ix in sets for i in ix)
-        print(f"eval batch {args.compare_batch}: one row {tb:.2f} s (batch {batch_size}, cached: "
-              f"{h:.2f} s); predictions differing from batch {batch_size}: {diff}/{n}")
+        for _ in range(args.rows):
+            row = {}
+            for name, encoded, ix in b.sets:
+                batches = eval_loader(b.backbone, encoded, b.batch_size, indices=ix)
+                row[name] = b.decode(batches if cached else batches.loader)
+            outputs["cached" if cached else "uncached"].append(row)
+        return time.perf_counter() - t
+
+    rt = interleaved({"uncached": lambda: rows(False), "cached": lambda: rows(True)}, args.repeats, 0)
+    same = all(r == outputs["uncached"][0] for r in outputs["cached"] + outputs["uncached"])
+    u, c = median(rt["uncached"]), median(rt["cached"])
+    print(f"{args.rows} evaluation rows: every row collates + runs the vision tower {u:.2f} s, "
+          f"batches and image features reused {c:.2f} s -> {u / c:.2f}x; predictions identical: {same}")
+    return not same
+
+
+def _compare_batch(b: _Bench, batch: int, harness: dict[str, dict], harness_seconds: float) -> None:
+    """One row decoded with eval batch ``batch``: its time and how many predictions change."""
+    t = time.perf_counter()
+    other = {name: b.decode(eval_loader(b.backbone, encoded, batch, indices=ix).loader)
+             for name, encoded, ix in b.sets}
+    tb = time.perf_counter() - t
+    diff = sum(other[name][i] != harness[name][i] for name, _, ix in b.sets for i in ix)
+    print(f"eval batch {batch}: one row {tb:.2f} s (batch {b.batch_size}, cached: "
+          f"{harness_seconds:.2f} s); predictions differing from batch {b.batch_size}: {diff}/{b.records}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    b, weights = _setup(args)
+    print(header(f"evaluation: {b.records} test records ({', '.join(t for t, _, _ in b.sets)}), {args.method} on "
+                 f"the tiny preset ({weights}), greedy, max {b.max_new} new tokens; harness batch {b.batch_size} vs "
+                 f"model.generate per record; median of {args.repeats} interleaved rounds"))
+    harness, harness_seconds, bad = _harness_vs_generate(b, args)
+    if args.rows >= 2:
+        bad |= _cached_vs_uncached_rows(b, args)
+    if args.compare_batch:
+        _compare_batch(b, args.compare_batch, harness, harness_seconds)
     return 1 if bad else 0
 
 

@@ -16,7 +16,7 @@ every section starts from an empty GPU, so its peak memory is its own):
 * ``steps``    training steps/s and peak GPU memory of the LLaVA-1.5-7B-class config (random bf16 weights)
                for seq-ft, cmoe and moe-llava with gradient checkpointing
                (``python -m bench perf steps --model-config 7b --method M --gradient-checkpointing``);
-* ``decode``   batched greedy decoding with the KV cache (``bench.train.trainer.generate``) on the 7B-class config:
+* ``decode``   batched greedy decoding with the KV cache (``bench.decode.generate.generate``) on the 7B-class config:
                32 prompts of 624 tokens (576 image), 32 new tokens each, tokens/s and peak memory.
 
 ``--dry-run`` prints the plan and, computed on the meta device, the memory every method needs at 7B; it
@@ -33,6 +33,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from transformers import LlavaForConditionalGeneration
+from accelerate import Accelerator
+import torch
+import torch.nn.functional as F
+
+from bench.perf.steps import llava_config, synthetic_batch
+from methods.base import MethodContext
+from bench.moe import SwiGLUExpert
+from bench.perf.moe_dispatch import SHAPES, build_moe
+from bench.decode.generate import generate
+import methods
+import tasks
 
 SECTIONS = {
     "coin": ("default coin-mini run of cmoe, CUDA, bf16", 240),
@@ -57,14 +70,6 @@ def memory_table(gpus: int = 8) -> str:
     """Per method at 7B (first task's trained set, the method's defaults), computed from parameter counts
     on the meta device: frozen weights bf16 (2 B), trained parameters fp32 with fp32 gradients and AdamW
     moments (16 B); activations, the CUDA context and FSDP's gather buffers not included."""
-    import torch
-    from transformers import LlavaForConditionalGeneration
-
-    import methods
-    import tasks
-    from bench.perf.steps import llava_config
-    from methods.base import MethodContext
-
     config = llava_config("7b")
     rows = [f"| method | parameters | trained | 1 GPU or {gpus}-GPU DDP, GB/GPU | {gpus}-GPU FSDP2, GB/GPU | "
             f"{gpus}-GPU ZeRO-2, GB/GPU |", "|---|---:|---:|---:|---:|---:|"]
@@ -110,8 +115,6 @@ def _coin(out: Path) -> dict:
 
 
 def _timed(fn, warmup: int = 5, repeats: int = 20) -> float:
-    import torch
-
     times = []
     for i in range(warmup + repeats):
         torch.cuda.synchronize()
@@ -124,12 +127,6 @@ def _timed(fn, warmup: int = 5, repeats: int = 20) -> float:
 
 
 def _dispatch(out: Path) -> dict:
-    import torch
-    import torch.nn.functional as F
-
-    from bench.moe import SwiGLUExpert
-    from bench.perf.moe_dispatch import SHAPES, build_moe
-
     shape = SHAPES["large"]
     n, d, d_ff, k = shape["tokens"], shape["d_model"], shape["d_ff"], 2
     dev = torch.device("cuda")
@@ -176,13 +173,6 @@ def _dispatch(out: Path) -> dict:
 
 
 def _decode(out: Path) -> dict:
-    import torch
-    from accelerate import Accelerator
-    from transformers import LlavaForConditionalGeneration
-
-    from bench.perf.steps import llava_config, synthetic_batch
-    from bench.train.trainer import generate
-
     config = llava_config("7b")
     accelerator = Accelerator(mixed_precision="bf16")
     torch.manual_seed(0)
@@ -257,8 +247,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown section(s) {', '.join(unknown)}; sections: {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
     print(plan_text(args.steps), flush=True)
-    import torch
-
     if args.dry_run:
         print("\nMemory per GPU at 7B (computed from parameter counts on the meta device, not measured):", flush=True)
         print(memory_table(), flush=True)

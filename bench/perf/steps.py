@@ -16,19 +16,25 @@ its logging interval and once at the end, so the figure is the device's, not the
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import torch
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from accelerate import Accelerator
 
 from bench.perf.common import header
+from bench.train.trainer import enable_gradient_checkpointing, train_steps
+from bench.model.lora import LoRASpec, inject_lora
+from methods.base import MethodContext
+import methods
+import tasks
 
 IMAGE_TOKEN = 3
 
 
 def llava_config(kind: str):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
     if kind == "tiny":
         vision = CLIPVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                                   image_size=64, patch_size=8, projection_dim=128)
@@ -64,7 +70,7 @@ def count(model) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench perf steps", description=__doc__.split("\n")[0])
     p.add_argument("--model-config", choices=["tiny", "7b"], default="tiny")
     p.add_argument("--steps", type=int, default=30)
@@ -82,35 +88,26 @@ def main(argv: list[str] | None = None) -> int:
                         "instead of the plain LoRA of --lora-rank")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute decoder activations in backward")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON (python -m bench perf gpu)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from accelerate import Accelerator
-    from transformers import LlavaForConditionalGeneration
+    return p
 
-    from bench.model.lora import LoRASpec, inject_lora
-    from bench.train.trainer import train_steps
 
-    gpu = torch.cuda.is_available()
-    big = args.model_config == "7b"
-    config = llava_config(args.model_config)
-    rank = args.lora_rank or (128 if big else 16)
-    if big and not gpu:
-        with torch.device("meta"):
-            model = LlavaForConditionalGeneration(config)
-            for q in model.parameters():
-                q.requires_grad_(False)
-            inject_lora(model, LoRASpec(rank=rank, alpha=2.0 * rank))
-        total, trained = count(model)
-        print(f"7B-class LLaVA config (CLIP ViT-L/14-336 + Llama-2-7B shapes, {config.image_seq_length} image tokens): "
-              f"{total / 1e9:.2f} B parameters with LoRA r={rank}, {trained / 1e6:.1f} M trained (counted on the meta device).")
-        print("No GPU here: the 7B throughput is measured only on a GPU (a step on this CPU would take minutes and "
-              "say nothing about a GPU run). Run `python -m bench perf steps --model-config 7b` on a CUDA machine; "
-              "`python -m bench perf steps` times the tiny preset here.")
-        return 0
-    precision = args.mixed_precision or ("bf16" if gpu else "no")
-    accelerator = Accelerator(mixed_precision=precision)
-    device = accelerator.device
+def _count_on_meta(config, rank: int) -> None:
+    """No GPU: the 7B-class model's parameter counts on the meta device (no memory), and why nothing is timed."""
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+        for q in model.parameters():
+            q.requires_grad_(False)
+        inject_lora(model, LoRASpec(rank=rank, alpha=2.0 * rank))
+    total, trained = count(model)
+    print(f"7B-class LLaVA config (CLIP ViT-L/14-336 + Llama-2-7B shapes, {config.image_seq_length} image tokens): "
+          f"{total / 1e9:.2f} B parameters with LoRA r={rank}, {trained / 1e6:.1f} M trained (counted on the meta device).")
+    print("No GPU here: the 7B throughput is measured only on a GPU (a step on this CPU would take minutes and "
+          "say nothing about a GPU run). Run `python -m bench perf steps --model-config 7b` on a CUDA machine; "
+          "`python -m bench perf steps` times the tiny preset here.")
+
+
+def _frozen_model(config, big: bool, device):
+    """The LLaVA with random weights (seed 0) and every parameter frozen."""
     torch.manual_seed(0)
     if big:  # random bf16 weights straight on the GPU: no 28 GB fp32 copy on the host
         with torch.device(device):
@@ -119,21 +116,40 @@ def main(argv: list[str] | None = None) -> int:
         model = LlavaForConditionalGeneration(config).to(device)
     for q in model.parameters():
         q.requires_grad_(False)
-    bs = args.batch_size or (4 if big else 8)
-    batch = synthetic_batch(config, bs, args.text_len, args.answer_len, device)
-    hooks: dict = {}
+    return model
+
+
+def _trainable(model, args: argparse.Namespace, config, device, batch, rank: int) -> tuple[list, dict, str]:
+    """The trained parameters, the trainer hooks and a description: ``--method``'s first phase, else plain LoRA."""
     if args.method:
         params, hooks = attach_method(model, args.method, config, device, batch)
-        what = f"{args.method} (its defaults)"
-    else:
-        adapters = inject_lora(model, LoRASpec(rank=rank, alpha=2.0 * rank))
-        params = [q for a in adapters for q in (a.lora_A, a.lora_B)]
-        for q in params:
-            q.requires_grad_(True)
-        what = f"LoRA r={rank}"
-    if args.gradient_checkpointing:
-        from bench.train.trainer import enable_gradient_checkpointing
+        return params, hooks, f"{args.method} (its defaults)"
+    adapters = inject_lora(model, LoRASpec(rank=rank, alpha=2.0 * rank))
+    params = [q for a in adapters for q in (a.lora_A, a.lora_B)]
+    for q in params:
+        q.requires_grad_(True)
+    return params, {}, f"LoRA r={rank}"
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gpu = torch.cuda.is_available()
+    big = args.model_config == "7b"
+    config = llava_config(args.model_config)
+    rank = args.lora_rank or (128 if big else 16)
+    if big and not gpu:
+        _count_on_meta(config, rank)
+        return 0
+    precision = args.mixed_precision or ("bf16" if gpu else "no")
+    accelerator = Accelerator(mixed_precision=precision)
+    device = accelerator.device
+    model = _frozen_model(config, big, device)
+    bs = args.batch_size or (4 if big else 8)
+    batch = synthetic_batch(config, bs, args.text_len, args.answer_len, device)
+    params, hooks, what = _trainable(model, args, config, device, batch, rank)
+    if args.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     total, trained = count(model)
     trained = sum(q.numel() for q in params)
@@ -156,8 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{sps:.2f} steps/s ({1e3 / sps:.1f} ms/step, {sps * bs * seq:,.0f} tokens/s) over {args.steps} steps after "
           f"{args.warmup} warm-up steps ({warm:.1f} s){mem}; final loss {stats.final_loss:.3f}")
     if args.json:
-        import json
-
         Path(args.json).write_text(json.dumps({
             "method": args.method or f"lora-r{rank}", "model_config": args.model_config, "parameters": total,
             "trained": trained, "batch": bs, "seq": seq, "steps_per_s": sps, "tokens_per_s": sps * bs * seq,
@@ -169,10 +183,6 @@ def main(argv: list[str] | None = None) -> int:
 def attach_method(model, name: str, config, device, batch) -> tuple[list, dict]:
     """Attach a registered method (its default hyper-parameters) as a run does and begin its first task;
     returns the parameters of the task's first training phase and the trainer hooks."""
-    import methods
-    import tasks
-    from methods.base import MethodContext
-
     method = methods.build(name, {})
     method.attach(model, MethodContext(num_tasks=8, steps_per_task=1000, device=device,
                                        image_token_id=config.image_token_id, run_seed=0))

@@ -26,6 +26,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from bench.perf.common import header
+from bench.perf.trainer import build
+from bench.train.phases import train_task
+import methods
 
 HOST_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "unique",
               "unique_consecutive", "masked_select", "argwhere"}
@@ -75,9 +78,6 @@ def _project_frame() -> str:
 
 def count(method_name: str, steps: int) -> tuple[HostReadCounter, object]:
     """(reads during ``steps`` training steps, the method) for one registered method."""
-    from bench.perf.trainer import build
-    from bench.train.phases import train_task
-
     _, accelerator, backbone, _, batches, _, attached = build(method_name, 8, 4)
     model = backbone.model
     method = attached(model)
@@ -93,13 +93,11 @@ def count(method_name: str, steps: int) -> tuple[HostReadCounter, object]:
 
 def _loss_log_line() -> int:
     """The line of ``bench/train/trainer.py`` where ``train_steps`` reads the running loss for its log."""
-    source = (ROOT / "bench" / "trainer.py").read_text().splitlines()
+    source = (ROOT / "bench" / "train" / "trainer.py").read_text().splitlines()
     return next(i for i, line in enumerate(source, 1) if "running.item()" in line)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import methods
-
     p = argparse.ArgumentParser(prog="python -m bench perf syncs", description=__doc__.split("\n")[0])
     p.add_argument("--methods", default="all")
     p.add_argument("--steps", type=int, default=8)

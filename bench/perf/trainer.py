@@ -28,13 +28,17 @@ import time
 import torch
 
 from bench.perf.common import header, interleaved, median, tiny_backbone
+from methods.base import MethodContext, trainable_parameters
+from bench.train.trainer import MODEL_KEYS, cosine_with_warmup, train_steps
+from bench.config import build_config
+from bench.train.data import encode_split, train_loader
+from bench.run.protocol import make_accelerator, ordered_tasks
+import methods
 
 
 def reference_steps(model, params, batches, steps: int, *, lr: float, warmup_ratio: float = 0.03,
                     max_grad_norm: float = 1.0, aux_loss=lambda: None, before_forward=lambda b, p: None):
     """The minimal loop; returns (seconds, per-step losses as a tensor)."""
-    from bench.train.trainer import MODEL_KEYS, cosine_with_warmup
-
     params = list({id(p): p for p in params if p.requires_grad}.values())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.999))
     sched = cosine_with_warmup(opt, int(round(warmup_ratio * steps)), steps)
@@ -62,12 +66,6 @@ def reference_steps(model, params, batches, steps: int, *, lr: float, warmup_rat
 
 
 def build(method_name: str, batch_size: int, n_batches: int, tasks: str = "vqav2"):
-    import methods
-    from bench.config import build_config
-    from bench.train.data import encode_split, train_loader
-    from bench.run.protocol import make_accelerator, ordered_tasks
-    from methods.base import MethodContext
-
     cfg = build_config("tiny", method=method_name, tasks=tasks, batch_size=batch_size, mixed_precision="no")
     accelerator = make_accelerator(cfg)
     task_list = ordered_tasks(cfg)
@@ -102,14 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from bench.train.trainer import train_steps
-
     cfg, accelerator, backbone, weights, batches, collate_s, attached = build(args.method, args.batch_size, 16)
     print(header(f"trainer overhead: {args.method} on the tiny preset ({weights}), batch {args.batch_size}, "
                  f"{args.steps} steps per call, median of {args.repeats} interleaved rounds"))
 
     def trainer_call(model, method, steps, log_every):
-        return train_steps(model, method.trainable_parameters(), batches, steps, accelerator=accelerator, lr=cfg.lr,
+        return train_steps(model, trainable_parameters(method.model), batches, steps, accelerator=accelerator, lr=cfg.lr,
                            warmup_ratio=cfg.warmup_ratio, aux_loss=method.auxiliary_loss,
                            before_forward=method.before_forward, after_step=method.after_optimizer_step,
                            desc="perf", log_every=log_every)
@@ -120,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         a, b = copy.deepcopy(base), copy.deepcopy(base)
         ma, mb = attached(a), attached(b)
         stats = trainer_call(a, ma, args.check_steps, log_every=1)
-        _, ref_losses = reference_steps(b, mb.trainable_parameters(), batches, args.check_steps, lr=cfg.lr,
+        _, ref_losses = reference_steps(b, trainable_parameters(mb.model), batches, args.check_steps, lr=cfg.lr,
                                         warmup_ratio=cfg.warmup_ratio, aux_loss=mb.auxiliary_loss,
                                         before_forward=mb.before_forward)
         same_loss = [v for _, v in stats.loss_curve] == ref_losses.tolist()
@@ -140,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         return stats.loop_seconds / args.steps
 
     def run_reference():
-        s, _ = reference_steps(mr, meth_r.trainable_parameters(), batches, args.steps, lr=cfg.lr,
+        s, _ = reference_steps(mr, trainable_parameters(meth_r.model), batches, args.steps, lr=cfg.lr,
                                warmup_ratio=cfg.warmup_ratio, aux_loss=meth_r.auxiliary_loss,
                                before_forward=meth_r.before_forward)
         return s / args.steps

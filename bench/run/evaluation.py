@@ -13,7 +13,7 @@ from accelerate.utils import gather_object
 from bench.io import records
 from bench.config import RunConfig
 from bench.train.data import EncodedSplit, encode_split, eval_loader
-from bench.train.trainer import generate, method_hooks
+from bench.decode.generate import generate, method_hooks
 
 
 def evaluate_all(model, method, backbone, test_sets: dict[str, tuple[Any, EncodedSplit]], cfg: RunConfig,
@@ -28,13 +28,13 @@ def evaluate_all(model, method, backbone, test_sets: dict[str, tuple[Any, Encode
     for index, (name, (task, encoded)) in enumerate(test_sets.items()):
         loader = eval_loader(backbone, encoded, cfg.eval_batch_size, indices=_shard(len(encoded), accelerator))
         if method.oracle:  # upper-bound ablations only; the record marks them (oracle_task_id)
-            method.set_eval_task(index)
+            method.eval_task = index
         ids = generate(model, loader, eos_id=backbone.eos_id, max_new_tokens=cfg.max_new_tokens,
                        accelerator=accelerator, **method_hooks(method))
         if accelerator.num_processes > 1:
             ids = {i: seq for part in gather_object([ids]) for i, seq in part.items()}
         if method.oracle:
-            method.set_eval_task(None)
+            method.eval_task = None
         predictions = [backbone.decode(ids[i]) for i in range(len(encoded))]
         result = task.score(predictions, encoded.split, mode=cfg.scoring_mode)
         out[name] = {"accuracy": result.accuracy, "n": result.n, "examples": predictions[:3],

@@ -14,7 +14,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from accelerate.utils import broadcast_object_list, set_seed
 
@@ -26,12 +26,14 @@ from bench.model.base_model import load_base, plan_base
 from bench.config import ConfigError, RunConfig
 from bench.train.data import ConcatEncoded, EncodedSplit, encode_split, train_loader
 from bench.run.evaluation import encode_test_sets, evaluate_all, warm_eval_batches
-from bench.analysis.metrics import summarize
-from bench.perf.report import time_split
 from bench.train.phases import train_task
 from bench.run.rng import rng_state, set_rng_state
 from bench.run.setup import attach_method, make_accelerator, ordered_tasks, plan_line
 from bench.train.trainer import enable_gradient_checkpointing
+from methods.base import hparams_dict
+from bench.analysis.metrics import count_parameters, summarize
+from bench.run.timing import PhaseTimer, time_split
+from bench.run.tracking import Tracker, check_trackers, track_row
 
 # the set-up and evaluation steps are part of the protocol's public face (tools and tests call them here)
 __all__ = ["Hooks", "attach_method", "encode_test_sets", "evaluate_all", "make_accelerator", "ordered_tasks",
@@ -43,18 +45,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class Hooks:
     """Observation points for tests and tools (never used to change behaviour): called around every
-    training phase of stage ``t`` (one per stage for most methods)."""
+    training phase of stage ``t`` (one per stage for most methods) with that ``TrainingPhase``."""
 
-    before_train: Callable[[int, Any, Any], None] = lambda t, method, model: None
-    after_train: Callable[[int, Any, Any], None] = lambda t, method, model: None
-
-
-@dataclass
-class PhaseTimer:
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def add(self, phase: str, since: float) -> None:
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - since
+    before_train: Callable[[int, Any, Any, Any], None] = lambda t, method, model, phase: None
+    after_train: Callable[[int, Any, Any, Any], None] = lambda t, method, model, phase: None
 
 
 def _resume_point(run_dir: Path, out_dir: Path) -> checkpoint.TaskCheckpoint:
@@ -82,6 +76,7 @@ class _Run:
     resumed: checkpoint.TaskCheckpoint | None
     accelerator: Any
     plan: Any
+    trackers: Sequence[Tracker] = ()
     timer: PhaseTimer = field(default_factory=PhaseTimer)
     wall_start: float = field(default_factory=time.perf_counter)
     spec: Any = None
@@ -111,15 +106,17 @@ class _Progress:
                 "elapsed": time.perf_counter() - r.wall_start}
 
 
-def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None = None) -> Path:
+def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None = None,
+        trackers: Sequence[Tracker] = ()) -> Path:
     """Run one method through the task sequence and write its record; returns the record's path.
 
     After every stage k the run directory ``<out>/runs/<run_id>/`` gets ``task-<k:02d>/`` (method
     tensors + state + record pieces, ``bench.io.checkpoint``). ``resume`` = such a run directory: the run
     continues after its last finished stage with the RNG state it had there, so the final record
-    equals an uninterrupted run's (``cfg`` must be that run's config, ``checkpoint.read_run_config``)."""
+    equals an uninterrupted run's (``cfg`` must be that run's config, ``checkpoint.read_run_config``).
+    ``trackers`` score ``cfg.track`` after every row (``bench.run.tracking``; one per tracked name)."""
     hooks = hooks or Hooks()
-    r = _start(cfg, resume)
+    r = _start(cfg, resume, trackers)
     _load(r)
     r.method, r.projector = attach_method(cfg, r.backbone, r.model, r.task_list, r.accelerator, r.method)
     r.base = checkpoint.base_identity(r.backbone, r.stage0)
@@ -142,11 +139,12 @@ def run(cfg: RunConfig, hooks: Hooks | None = None, *, resume: str | Path | None
     return _write(r, _record(r, stages, progress))
 
 
-def _start(cfg: RunConfig, resume: str | Path | None) -> _Run:
-    """Names, folders, accelerator and seed; prints the plan line. Bad names, ``--set`` values and an
-    unwritable output folder fail here, before any work."""
+def _start(cfg: RunConfig, resume: str | Path | None, trackers: Sequence[Tracker]) -> _Run:
+    """Names, folders, accelerator and seed; prints the plan line. Bad names, ``--set`` values, trackers
+    that do not match ``cfg.track`` and an unwritable output folder fail here, before any work."""
     wall_start = time.perf_counter()
     task_list = ordered_tasks(cfg)
+    check_trackers(cfg.track, trackers)
     method = methods.build(cfg.method, cfg.method_set)
     out_dir = Path(cfg.out)
     _check_writable(out_dir / "runs")
@@ -166,7 +164,7 @@ def _start(cfg: RunConfig, resume: str | Path | None) -> _Run:
         print(plan_line(cfg, method, task_list, plan, accelerator.num_processes, run_id,
                         None if resumed is None else resumed.index), flush=True)
     return _Run(cfg=cfg, method=method, task_list=task_list, out_dir=out_dir, run_id=run_id, run_dir=run_dir,
-                resumed=resumed, accelerator=accelerator, plan=plan, wall_start=wall_start)
+                resumed=resumed, accelerator=accelerator, plan=plan, trackers=tuple(trackers), wall_start=wall_start)
 
 
 def _load(r: _Run) -> None:
@@ -199,11 +197,9 @@ def _evaluate_row(r: _Run) -> dict[str, dict[str, Any]]:
     t = time.perf_counter()
     row = evaluate_all(r.model, r.method, r.backbone, r.test_sets, r.cfg, r.accelerator)
     r.timer.add("evaluation", t)
-    if r.cfg.track:  # lm-eval is imported only by runs that track its tasks
-        from bench.lmeval.evaluate import track_row
-
+    if r.trackers:
         t = time.perf_counter()
-        row.update(track_row(r.cfg, r.model, r.method, r.backbone, r.accelerator))
+        row.update(track_row(r.trackers, r.model, r.method, r.backbone, r.accelerator))
         r.timer.add("tracking", t)
     return row
 
@@ -238,11 +234,11 @@ def _train_stage(r: _Run, index: int, stage_name: str, stage_tasks: list, progre
     done = train_task(r.model, method, index, stage_task, loader, steps, accelerator=r.accelerator, lr=r.cfg.lr,
                       warmup_ratio=r.cfg.warmup_ratio, weight_decay=r.cfg.weight_decay,
                       extra_parameters=r.projector, desc=f"{method.name} {stage_name}", compile=r.cfg.compile,
-                      around_phase=(lambda: hooks.before_train(index, method, r.model),
-                                    lambda: hooks.after_train(index, method, r.model)))
-    timer.seconds["training"] = timer.seconds.get("training", 0.0) + done.training_seconds
-    timer.seconds["method"] = timer.seconds.get("method", 0.0) + done.method_seconds
-    counts = method.parameter_counts()
+                      around_phase=(lambda phase: hooks.before_train(index, method, r.model, phase),
+                                    lambda phase: hooks.after_train(index, method, r.model, phase)))
+    timer.add_seconds("training", done.training_seconds)
+    timer.add_seconds("method", done.method_seconds)
+    counts = count_parameters(method.model, method)
     t = time.perf_counter()
     method.end_task(index, stage_task, loader)
     timer.add("method", t)
@@ -254,47 +250,20 @@ def _train_stage(r: _Run, index: int, stage_name: str, stage_tasks: list, progre
 
 
 def _record(r: _Run, stages: list, progress: _Progress) -> dict[str, Any]:
-    """The run record (``bench.io.records`` validates it when it is written)."""
-    cfg, spec, accelerator, rows = r.cfg, r.spec, r.accelerator, progress.rows
+    """The run record (``bench.io.records`` builds and validates it)."""
+    cfg, accelerator, rows = r.cfg, r.accelerator, progress.rows
     names = [t.name for t in r.task_list]
-    matrix = [[round(row[n]["accuracy"], 4) for n in names] for row in rows]
     r.timer.seconds["total"] = time.perf_counter() - r.wall_start
-    return {
-        "record_version": records.RECORD_VERSION,
-        "run_id": r.run_id,
-        "run_dir": f"runs/{r.run_id}",  # per-task checkpoints (bench.io.checkpoint); git-ignored
-        "resumed_after_task": None if r.resumed is None else r.resumed.index,
-        "method": r.method.name,
-        "hparams": r.method.hparams_dict(),
-        "joint_training": r.method.joint_training,
-        "oracle_task_id": r.method.oracle,
-        "tasks": names,
-        "suite": cfg.tasks,
-        "data": {"source": spec.source, "data_seed": cfg.data_seed, "instructions": cfg.instructions,
-                 "mini_train": cfg.mini_train if spec.source == "coin-mini" else None,
-                 "mini_test": cfg.mini_test if spec.source == "coin-mini" else None,
-                 "limit_train": cfg.limit_train, "limit_test": cfg.limit_test, "splits": r.sources},
-        "backbone": {**r.backbone.description, "stage0": r.stage0},
-        "seeds": {"run": cfg.seed, "data": cfg.data_seed, "task_order": cfg.task_order_seed},
-        "budget": {"steps_per_task": cfg.steps_per_task, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-                   "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "preset": cfg.preset,
-                   "processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-                   "sharding": sharding.describe(accelerator)},
-        "scoring_mode": cfg.scoring_mode,
-        "accuracy_matrix": matrix,
-        "matrix_rows": ["base"] + [s for s, _ in stages],
-        "scores": [{n: row[n] for n in names} for row in rows],
-        "tracked": {k: [row[k] for row in rows] for k in cfg.track},  # one entry per matrix row
-        "metrics": summarize(matrix),
-        "parameters": progress.parameters,
-        "method_reports": progress.reports,
-        "training": progress.train_log,
-        "wall_time": {k: round(v, 3) for k, v in r.timer.seconds.items()},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "versions": records.package_versions(),
-        "git_commit": records.git_commit(),
-        "config": cfg.to_dict(),
-    }
+    return records.build_record(
+        run_id=r.run_id, resumed_after_task=None if r.resumed is None else r.resumed.index,
+        method=r.method.name, hparams=hparams_dict(r.method), joint_training=r.method.joint_training,
+        oracle_task_id=r.method.oracle, tasks=names, cfg=cfg, data_source=r.spec.source, splits=r.sources,
+        backbone={**r.backbone.description, "stage0": r.stage0}, processes=accelerator.num_processes,
+        mixed_precision=accelerator.mixed_precision, sharding=sharding.describe(accelerator),
+        matrix_rows=["base"] + [s for s, _ in stages], rows=rows,
+        metrics=summarize(records.accuracy_matrix(rows, names)), parameters=progress.parameters,
+        method_reports=progress.reports, training=progress.train_log, wall_time=r.timer.seconds,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def _write(r: _Run, record: dict[str, Any]) -> Path:

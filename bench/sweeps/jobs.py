@@ -22,13 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.run import protocol
 from bench.io.checkpoint import config_key, existing_records, resumable_runs
 from bench.config import ConfigError, RunConfig
 
 try:  # a sweep without a launcher never needs submitit
+    import submitit
     from submitit.helpers import Checkpointable
 except ImportError:  # pragma: no cover - submitit is a dependency; keep `bench sweep` usable without it
+    submitit = None  # type: ignore[assignment]
     Checkpointable = object  # type: ignore[assignment,misc]
 
 
@@ -63,8 +67,6 @@ class RunJob(Checkpointable):
     def __call__(self) -> str:
         if self.processes <= 1 and self.accelerate_config is None:
             if self.torch_threads:
-                import torch
-
                 torch.set_num_threads(self.torch_threads)
             return str(run_or_resume(RunConfig.from_dict(self.config, out=self.out, cache_dir=self.cache_dir)))
         cmd = ["accelerate", "launch", "--num_processes", str(max(1, self.processes))]
@@ -102,10 +104,10 @@ def make_executor(launcher: str, folder: Path, *, gpus_per_run: int, timeout_min
                   account: str | None = None, qos: str | None = None):
     """A submitit executor for ``local`` (submitit's LocalExecutor: a subprocess per job on this machine)
     or ``slurm`` (one array of jobs, one node and ``gpus_per_run`` GPUs each)."""
-    import submitit
-
     if launcher not in ("local", "slurm"):
         raise ConfigError(f"--launcher must be none, local or slurm, got {launcher!r}.")
+    if submitit is None:
+        raise ConfigError(f"--launcher {launcher} needs submitit (pip install submitit).")
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=launcher)
     params: dict[str, Any] = {"name": "bench-sweep", "timeout_min": timeout_min, "nodes": 1, "tasks_per_node": 1,
                               "gpus_per_node": gpus_per_run, "cpus_per_task": cpus_per_run, "mem_gb": mem_gb}
@@ -122,8 +124,6 @@ def submit(planned: list, launcher: str, folder: Path, *, processes: int, accele
     """Submit every planned run that has no record: ``local`` one job at a time (each waited for, as an
     in-process sweep runs them), ``slurm`` as one job array. Returns (jobs, records written; the records
     only for jobs waited for)."""
-    import torch
-
     todo = [p for p in planned if p.existing is None]
     executor = make_executor(launcher, folder, **executor_args)
     threads = torch.get_num_threads() if launcher == "local" else None

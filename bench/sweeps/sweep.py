@@ -23,35 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from tqdm.auto import tqdm
+
 from bench.io.checkpoint import config_key, existing_records, resumable_runs
-from bench.config import ConfigError, RunConfig, build_config
-
-# The `run` flags a sweep shares (everything but --method, --seed, --set and the lm-eval tracking
-# flags, which are per run); `python -m bench run` registers these same definitions.
-BUDGET_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("--tasks", {"default": "coin", "help": "a suite name or comma-separated task names"}),
-    ("--preset", {"default": "tiny"}),
-    ("--steps-per-task", {"type": int}),
-    ("--batch-size", {"type": int}),
-    ("--grad-accum", {"type": int}),
-    ("--lr", {"type": float}),
-    ("--data-seed", {"type": int}),
-    ("--task-order-seed", {"type": int}),
-    ("--data-root", {}),
-    ("--instructions", {"choices": ["Original", "Diverse", "10Type"]}),
-    ("--limit-train", {"type": int}),
-    ("--limit-test", {"type": int}),
-    ("--model", {"help": "a local llava-hf checkpoint folder (default: the tiny preset backbone)"}),
-    ("--mixed-precision", {"choices": ["auto", "no", "bf16", "fp16"]}),
-    ("--train-projector", {"action": "store_true", "default": None,
-                           "help": "also train the vision-language projector in every task (CoIN's LoRA recipe option)"}),
-    ("--compile", {"action": "store_true", "default": None,
-                   "help": "train through torch.compile (off by default; meant for GPUs, needs a C++ compiler on CPU)"}),
-    ("--gradient-checkpointing", {"action": "store_true", "default": None,
-                                  "help": "recompute decoder activations in the backward pass (less memory, ~30% more compute)"}),
-    ("--out", {"default": "results", "help": "results folder (records go to OUT/runs/)"}),
-)
-
+from bench.config import BUDGET_FLAGS, ConfigError, RunConfig, build_config, overrides_from_args
+from bench.run.protocol import run
+from bench.analysis.leaderboard import generate
+from bench.sweeps.jobs import parse_shard, shard, submit
+import methods
 
 @dataclass
 class PlannedRun:
@@ -68,8 +47,6 @@ class PlannedRun:
 def resolve_methods(spec: str) -> list[str]:
     """``all`` → every registered method (sorted); otherwise a comma list, each name checked (an
     unknown name raises MethodError listing the valid ones). Order kept, duplicates dropped."""
-    import methods
-
     if spec.strip() == "all":
         return methods.names()
     names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
@@ -129,10 +106,7 @@ def execute(planned: list[PlannedRun], *, runner: Callable[..., Path] | None = N
             progress: bool = True) -> list[Path]:
     """Run every planned run without a record, one after the other, under one progress bar (runs done
     / total, current method and seed, ETA). Returns the new record paths in order."""
-    from tqdm.auto import tqdm
-
-    if runner is None:
-        from bench.run.protocol import run as runner
+    runner = runner or run
     todo = [p for p in planned if p.existing is None]
     written: list[Path] = []
     bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress or not todo, position=0,
@@ -148,9 +122,8 @@ def execute(planned: list[PlannedRun], *, runner: Callable[..., Path] | None = N
 
 # --- command line ----------------------------------------------------------------------------------
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``sweep`` on the CLI's sub-parsers."""
-    sw = sub.add_parser("sweep", help="run several methods x seeds (skipping existing records), then the leaderboard")
+def add_arguments(sw: argparse.ArgumentParser) -> None:
+    """The ``sweep`` sub-command's flags (``bench.__main__`` registers the sub-command)."""
     sw.add_argument("--methods", default="all", help="'all' or comma-separated method names")
     sw.add_argument("--seeds", default="0", help="comma-separated run seeds, e.g. 0,1,2")
     for flag, kwargs in BUDGET_FLAGS:
@@ -177,25 +150,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sw.set_defaults(func=command)
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The budget flags as ``build_config`` keyword arguments (None = the preset's value)."""
-    return {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
-            for flag, _ in BUDGET_FLAGS if flag != "--preset"}
-
-
 def run_sweep(planned: list[PlannedRun], out_dir: Path, *, plots: bool = True, progress: bool = True,
               runner: Callable[..., Path] | None = None) -> tuple[list[Path], dict[str, Any]]:
     """Execute the plan, then regenerate the leaderboard from ``out_dir/runs``; returns the new record
     paths and ``bench.analysis.leaderboard.generate``'s result."""
-    from bench.analysis.leaderboard import generate
-
     written = execute(planned, runner=runner, progress=progress)
     return written, generate(Path(out_dir) / "runs", Path(out_dir), plots=plots)
 
 
 def command(args: argparse.Namespace) -> int:
-    from bench.sweeps.jobs import parse_shard, shard, submit  # jobs imports the run loop (torch, accelerate)
-
     part = parse_shard(args.shard)
     planned = shard(plan(resolve_methods(args.methods), parse_seeds(args.seeds), args.preset,
                          overrides_from_args(args)), part)
@@ -227,8 +190,6 @@ def command(args: argparse.Namespace) -> int:
             print(f"sweep: {len(jobs)} job(s) submitted (submitit files in {folder}); records land in {out / 'runs'}; "
                   f"when every job is done: {merge}")
             return 0
-        from bench.analysis.leaderboard import generate
-
         board = generate(out / "runs", out, plots=not args.no_plots)
     print(f"sweep: {len(written)} run(s) in {time.perf_counter() - start:.1f} s")
     print(f"leaderboard: {board['records']} record(s) -> {board['markdown']}, {board['csv']}")

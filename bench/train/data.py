@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Sequence
+import bisect
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -77,7 +78,7 @@ def train_loader(backbone: Backbone, encoded: EncodedSplit, batch_size: int, see
                       generator=gen, collate_fn=Collator(backbone, train=True))
 
 
-# Collated evaluation batches (and the image features bench.train.trainer.generate keeps next to them) of one
+# Collated evaluation batches (and the image features bench.decode.generate.generate keeps next to them) of one
 # split are kept for the next evaluation row while they fit in this many bytes per split.
 EVAL_CACHE_BYTES = 256 * 2**20
 
@@ -87,7 +88,7 @@ class EvalBatches:
     (a run evaluates every task T+1 times): decoding and processing the images, tokenised prompts
     and padding are pure functions of the data, so the replayed batches are the very same tensors.
     ``features`` is where ``generate`` keeps each batch's image features, with the fingerprint of the
-    vision path they were computed under (bench.train.trainer.vision_fingerprint). A split whose batches
+    vision path they were computed under (bench.decode.generate.vision_fingerprint). A split whose batches
     exceed ``budget`` bytes is streamed from the DataLoader every time instead."""
 
     def __init__(self, loader: DataLoader, budget: int = EVAL_CACHE_BYTES):
@@ -156,8 +157,6 @@ class ConcatEncoded(Dataset):
         return self.total
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        import bisect
-
         k = bisect.bisect_right(self.offsets, i) - 1
         item = self.parts[k][i - self.offsets[k]]
         return {**item, "index": i}

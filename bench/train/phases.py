@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 from torch import nn
 
 from bench.train.trainer import TrainStats, train_steps
+from methods.state import note_trained
 
 
 @dataclass
@@ -44,11 +45,11 @@ class TaskTraining:
 def train_task(model: nn.Module, method, task_index: int, task, loader, steps: int, *, accelerator, lr: float,
                warmup_ratio: float = 0.03, weight_decay: float = 0.0, extra_parameters: Iterable[nn.Parameter] = (),
                desc: str = "train", compile: bool = False,
-               around_phase: tuple[Callable[[], None], Callable[[], None]] | None = None) -> TaskTraining:
+               around_phase: tuple[Callable[[Any], None], Callable[[Any], None]] | None = None) -> TaskTraining:
     """Run every phase ``method.training_phases(task_index, task, loader, steps)`` yields.
 
     ``extra_parameters`` (e.g. the projector with ``--train-projector``) train in every phase.
-    ``around_phase``: (before, after) observers called around each phase's steps (tests)."""
+    ``around_phase``: (before, after) observers called with the ``TrainingPhase`` around its steps (tests)."""
     extra = list(extra_parameters)
     out = TaskTraining()
     trained: dict[int, int] = {}
@@ -63,20 +64,20 @@ def train_task(model: nn.Module, method, task_index: int, task, loader, steps: i
         if phase.steps < 1:  # e.g. EvoMoE with evolution_fraction 0 or 1: the phase has no steps
             continue
         params = [p for p in [*phase.parameters, *extra] if p.requires_grad]
-        method.note_trained([*params, *phase.evolving])
+        note_trained(method, [*params, *phase.evolving])
         if phase.counts_as_trained:
             trained.update((id(p), p.numel()) for p in params)
             evolved.update((id(p), p.numel()) for p in phase.evolving)
         phase_lr = lr * method.hp.lr_scale if phase.lr is None else phase.lr
         if around_phase:
-            around_phase[0]()
+            around_phase[0](phase)
         stats = train_steps(model, params, phase.loader if phase.loader is not None else loader, phase.steps,
                             accelerator=accelerator, lr=phase_lr, warmup_ratio=warmup_ratio,
                             weight_decay=weight_decay, aux_loss=method.auxiliary_loss,
                             before_forward=method.before_forward, after_step=method.after_optimizer_step,
                             desc=desc if phase.name == "task" else f"{desc} {phase.name}", compile=compile)
         if around_phase:
-            around_phase[1]()
+            around_phase[1](phase)
         out.phases.append((phase.name, phase_lr, stats))
         out.training_seconds += stats.seconds
     if not out.phases:

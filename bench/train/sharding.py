@@ -35,9 +35,14 @@ from __future__ import annotations
 
 import os
 from typing import Any
+import functools
 
 import torch
 from torch import nn
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from accelerate import PartialState
+from torch.distributed.tensor import DTensor
+from torch.distributed import _composable_state
 
 from bench.config import ConfigError
 from methods.base import ContinualMethod
@@ -47,8 +52,6 @@ FSDP, DEEPSPEED = "fsdp", "deepspeed"
 
 def kind(accelerator) -> str | None:
     """``"fsdp"``, ``"deepspeed"`` or None (one process, or data-parallel DDP)."""
-    from accelerate.utils import DistributedType
-
     if accelerator.distributed_type == DistributedType.FSDP:
         return FSDP
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
@@ -73,9 +76,6 @@ def fsdp_requested() -> bool:
 
 def enable_cpu_fsdp(accelerator) -> None:
     """Give a multi-process CPU (gloo) run accelerate's FSDP2 path; see the module docstring."""
-    from accelerate import PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
     state = accelerator.state
     if state.distributed_type != DistributedType.MULTI_CPU:
         return
@@ -142,8 +142,6 @@ class ShardedPhase:
 
     @torch.no_grad()
     def restore(self) -> None:
-        from torch.distributed.tensor import DTensor
-
         now = dict(self.model.named_parameters())
         for name, original in self.names.items():
             shard = now.get(name)
@@ -154,8 +152,6 @@ class ShardedPhase:
                 original.data = full.to(original.device).clone()
             else:
                 original.data.copy_(full)
-        from torch.distributed import _composable_state
-
         for m, cls, params, keys, hooks in self.modules:
             m.__class__ = cls
             m._parameters.clear()
@@ -172,8 +168,6 @@ class ShardedPhase:
 
 def _from_fsdp(hook) -> bool:
     """Whether a module hook was registered by torch's FSDP (its function lives in torch.distributed.fsdp)."""
-    import functools
-
     fn = getattr(hook, "hook", hook)  # load_state_dict hooks are wrapped
     while isinstance(fn, functools.partial):
         fn = fn.func

@@ -79,7 +79,7 @@ from methods import register
 from methods.cmoe.pgke import (READINGS, ROUTINGS, attach_probe, detach_probe, expand_layer, expansion_thresholds,
                                layers_to_expand, measure_usage, subset_loader)
 from methods.cmoe.ptl import BaseFeatureCache, TaskLocator, base_last_token_features, fit_task_vae
-from methods.base import TrainingPhase
+from methods.base import TrainingPhase, trainable_parameters
 from methods.moe_base import LoRAExpertHParams, MoEMethod, lora_experts
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class CMoE(MoEMethod):
         if self._extending:
             yield from self._extend_phases(task_index, train_loader)
         self.reset_usage()
-        yield TrainingPhase("task", list(self.trainable_parameters()), steps)
+        yield TrainingPhase("task", trainable_parameters(self.model), steps)
 
     def _extend_phases(self, task_index: int, train_loader):
         """PGKE for task t >= 2: probe (or not), decide, copy experts, build R^t in every layer."""
@@ -375,18 +375,7 @@ class CMoE(MoEMethod):
             raise ValueError(f"cmoe state version {state.get('version')} != {STATE_VERSION}")
         self.install_if_saved(state["installed"])
         self.check_saved_layers(state["moe_layers"])
-        for i, layer in self.layers.items():
-            grow = state["experts_per_layer"][str(i)] - layer.experts.num_experts
-            if grow < 0:
-                raise ValueError(f"layer {i} already has more experts than the saved state")
-            layer.experts.append(grow)
-            groups = state["router_groups"][str(i)]
-            device = layer.routers[0].row_mask.device
-            while len(layer.routers) > 1:
-                layer.pop_router()
-            layer.routers[0] = self._router_with_groups(layer.experts.d_in, groups[0], device)
-            for g in groups[1:]:
-                layer.add_router(self._router_with_groups(layer.experts.d_in, g, device))
+        self.regrow_layers(state["experts_per_layer"], state["router_groups"])
         self.freeze_moe()
         self.locator = TaskLocator()
         if state["locator_tasks"]:
@@ -397,39 +386,28 @@ class CMoE(MoEMethod):
         self.task_names = list(state["task_names"])
         self._train_choice = int(state["train_choice"])
 
-    @staticmethod
-    def _router_with_groups(d: int, sizes: list[int], device: torch.device) -> LinearRouter:
-        router = LinearRouter(d, sizes[0], device=device)
-        for n in sizes[1:]:
-            router.append_rows(n)
-        return router
-
 
 @register("cmoe-oracle")
 class CMoEOracle(CMoE):
     """Ablation: each test sample is routed with its true task's router (the latest router for a task
-    not trained yet). Needs the harness to call ``set_eval_task(j)`` before evaluating task j; without
-    it the method falls back to PTL, warns, and counts the fallback prefills in its report."""
+    not trained yet). The harness sets ``eval_task = j`` (``oracle = True``) while it evaluates task j;
+    without it the method falls back to PTL, warns, and counts the fallback prefills in its report."""
 
     oracle = True
 
     def __init__(self, hparams: CMoEHParams | None = None):
         super().__init__(hparams)
-        self._eval_task: int | None = None
         self._missing_oracle = 0
-
-    def set_eval_task(self, task_index: int | None) -> None:
-        self._eval_task = task_index
 
     def locate(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         n = self.tasks_trained
-        if self._eval_task is None or n == 0:
+        if self.eval_task is None or n == 0:
             if n > 0:
                 if self._missing_oracle == 0:
-                    log.warning("cmoe-oracle: no task id given (set_eval_task not called); using PTL")
+                    log.warning("cmoe-oracle: no task id given (eval_task not set); using PTL")
                 self._missing_oracle += 1
             return super().locate(batch)
-        return torch.full((batch["input_ids"].shape[0],), min(self._eval_task, n - 1), dtype=torch.long,
+        return torch.full((batch["input_ids"].shape[0],), min(self.eval_task, n - 1), dtype=torch.long,
                           device=self.ctx.device)
 
     def task_report(self) -> dict[str, Any]:

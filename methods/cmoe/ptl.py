@@ -65,7 +65,7 @@ def base_last_token_features(model: nn.Module, layers: Mapping[int, MoEFFN], bat
     Training batches (``labels`` present, right-padded ``prompt + answer``) are cut to their prompt:
     attention mask & labels == -100, then the columns after the longest prompt are dropped; with a
     causal decoder this equals running the prompt alone. Evaluation batches are left-padded prompts.
-    Positions come from the mask (as ``bench.train.trainer.generate`` does), so both layouts give a prompt
+    Positions come from the mask (as ``bench.decode.generate.generate`` does), so both layouts give a prompt
     the same positions and hence the same feature.
     """
     ids = batch["input_ids"].to(device)

@@ -131,3 +131,56 @@ def test_list_shows_methods_tasks_presets(capsys):
     out = capsys.readouterr().out
     for needle in ("seq-ft", "multitask", "scienceqa", "ocrvqa", "coin", "tiny", "rank=16"):
         assert needle in out
+
+
+def _subcommands(parser) -> list[list[str]]:
+    """Every sub-command path of ``parser`` (``["run"]``, ``["base", "build"]``, ...), depth first."""
+    import argparse
+
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if not sub.add_help:  # score, export, lmeval, perf: their own parser (below)
+                    continue
+                out.append([name])
+                out += [[name, *rest] for rest in _subcommands(sub)]
+    return out
+
+
+def test_help_of_every_subcommand(capsys):
+    """``--help`` renders for the top level and every sub-command (argparse formats each help string with
+    ``%``, so a stray ``%`` in one fails here rather than for a user)."""
+    from bench.__main__ import build_parser
+
+    paths = _subcommands(build_parser())
+    assert ["sweep"] in paths and ["check"] in paths and ["base", "build"] in paths
+    for path in [[]] + paths:
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([*path, "--help"])
+        assert exit_.value.code == 0, path
+        assert "usage: python -m bench" in capsys.readouterr().out, path
+
+
+@pytest.mark.parametrize("command", ["score", "export", "lmeval", "perf"])
+def test_help_of_commands_that_own_their_flags(command, capsys):
+    try:
+        code = main([command, "--help"])
+    except SystemExit as e:
+        code = e.code
+    assert code == 0 and capsys.readouterr().out.strip()
+
+
+def test_the_command_line_imports_a_command_module_only_for_its_command():
+    """``list`` and ``--help`` register ``sweep``, ``check`` and ``base`` by name only (their modules import
+    the run loop); the sub-command about to run gets its own flags."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from bench.__main__ import build_parser; p = build_parser('sweep'); "
+            "print(sorted(m for m in ('bench.sweeps.sweep', 'bench.analysis.check', 'bench.model.base_cmd', "
+            "'bench.run.protocol') if m in sys.modules)); p.parse_args(['sweep', '--dry-run'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["['bench.run.protocol',", "'bench.sweeps.sweep']"]
+    code = "import sys; from bench.__main__ import build_parser; build_parser('list'); print('bench.run.protocol' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -9,7 +9,7 @@ from accelerate import Accelerator
 from micro_llava import micro_llava
 
 from bench.train.data import EvalBatches
-from bench.train.trainer import generate, vision_fingerprint
+from bench.decode.generate import generate, vision_fingerprint
 
 IMAGE, EOS = 63, 2
 

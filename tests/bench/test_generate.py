@@ -1,4 +1,4 @@
-"""``bench.train.trainer.generate``: the prompt batch prefilled in chunks into one KV buffer and finished rows
+"""``bench.decode.generate.generate``: the prompt batch prefilled in chunks into one KV buffer and finished rows
 dropped from the decoding batch give the same tokens as one whole-batch forward that decodes every
 row to the end; LoRA adapters run merged, with the same function."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 from micro_llava import micro_llava
 
-import bench.train.trainer as trainer
+import bench.decode.generate as decoding
 from bench.decode.kv_cache import RoomyLayer
 from bench.model.lora import LoRALinear, LoRASpec, inject_lora, merged_for_eval
 
@@ -37,7 +37,7 @@ def mixed_batch(b: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def decode(model, batch, eos: int, **kw) -> dict[int, list[int]]:
-    return trainer.generate(model, [batch], eos_id=eos, max_new_tokens=NEW, accelerator=Accelerator(cpu=True), **kw)
+    return decoding.generate(model, [batch], eos_id=eos, max_new_tokens=NEW, accelerator=Accelerator(cpu=True), **kw)
 
 
 def test_chunked_prefill_and_compaction_give_the_whole_batch_tokens(monkeypatch):
@@ -62,11 +62,11 @@ def test_chunked_prefill_and_compaction_give_the_whole_batch_tokens(monkeypatch)
     real_select = RoomyLayer.batch_select_indices
     monkeypatch.setattr(RoomyLayer, "batch_select_indices", lambda self, i: (selects.append(i.numel()),
                                                                               real_select(self, i))[1])
-    monkeypatch.setattr(trainer, "COMPACT_FRACTION", 2.0)  # never compact
+    monkeypatch.setattr(decoding, "COMPACT_FRACTION", 2.0)  # never compact
     reference = decode(model, batch, eos, prefill_chunk=64)
     assert forwards[0] == 7 and not selects
     forwards.clear()
-    monkeypatch.setattr(trainer, "COMPACT_FRACTION", 0.1)
+    monkeypatch.setattr(decoding, "COMPACT_FRACTION", 0.1)
     fast = decode(model, batch, eos, prefill_chunk=3, select_rows=rows_seen.append)
     assert fast == reference
     assert forwards[:3] == [3, 3, 1]                      # the prompt batch in three chunks

@@ -40,7 +40,8 @@ def _record(method: str, seed: int, A: list[list[float]], *, hparams=None, oracl
         "parameters": [{"after": t, "total": tot, "trained": tr, "activated_per_token": 500}
                        for t, tot, tr in zip(after, totals, trained)],
         "wall_time": {"total": wall}, "versions": {}, "git_commit": None, "scoring_mode": "official",
-        "oracle_task_id": oracle, "joint_training": joint, "config": {}, "matrix_rows": ["base"] + after,
+        "oracle_task_id": oracle, "joint_training": joint, "matrix_rows": ["base"] + after,
+        "config": {"method_set": {k: str(v) for k, v in (hparams or {}).items()}},
     }
     if chance is not None:
         record["tasks_chance"] = dict(chance)

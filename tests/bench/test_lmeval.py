@@ -18,13 +18,14 @@ def trained(session_cache, tmp_path_factory):
     from bench.config import Stage0Spec, build_config
     from bench.run.protocol import run
     from bench.io.records import read_record
+    from bench.lmeval.track import trackers
 
     cfg = build_config("tiny", method="seq-ft", tasks="imagenet", steps_per_task=12, batch_size=8, lr=3e-3,
                        mini_train=48, mini_test=16, eval_batch_size=16, max_new_tokens=8,
                        out=str(tmp_path_factory.mktemp("results")), cache_dir=session_cache,
                        stage0=Stage0Spec(steps=8, num_records=160, batch_size=8), track=["lmeval:retention"],
                        track_limit=24)
-    record = read_record(run(cfg))
+    record = read_record(run(cfg, trackers=trackers(cfg)))
     run_dir = Path(cfg.out) / record["run_dir"]
     return SimpleNamespace(cfg=cfg, record=record, run_dir=run_dir,
                            loaded=load_after_task(run_dir, 0, cache_dir=session_cache))
@@ -130,7 +131,7 @@ def test_loglikelihood_is_the_training_loss(trained):
 def test_run_tracks_lmeval_task_after_every_row(trained):
     """--track lmeval:retention puts the metric in the record after row 0 and after each task, and
     evaluating it again on the checkpoint gives the tracked value."""
-    from bench.lmeval.evaluate import track_row
+    from bench.lmeval.track import track_row
 
     tracked = trained.record["tracked"]["lmeval:retention"]
     assert len(tracked) == len(trained.record["accuracy_matrix"]) == 2

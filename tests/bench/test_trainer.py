@@ -63,7 +63,7 @@ def test_gradient_checkpointing_trains_the_same_parameters():
 def test_bf16_autocast_trains_and_decodes_on_cpu():
     from accelerate.state import AcceleratorState
 
-    from bench.train.trainer import generate
+    from bench.decode.generate import generate
 
     AcceleratorState._reset_state(True)  # the precision is process-wide state in accelerate
     try:
@@ -92,7 +92,7 @@ def test_compile_failure_is_one_clear_error(monkeypatch):
 
 
 def test_time_split_lists_every_phase_and_the_rest():
-    from bench.perf.report import time_split
+    from bench.run.timing import time_split
 
     text = time_split({"stage0": 5.0, "data": 2.0, "training": 100.0, "method": 3.0, "evaluation": 40.0,
                        "total": 160.0}, 812.4)

@@ -183,10 +183,10 @@ def test_oracle_uses_the_given_task_and_reports_a_missing_one(trained):
     assert oracle.oracle and methods.get("cmoe-oracle") is CMoEOracle
     batch, _ = mixed_eval_batch()
     for given, expected in ((1, 1), (7, 2)):   # a task not trained yet uses the latest router
-        oracle.set_eval_task(given)
+        oracle.eval_task = given
         oracle.before_forward(batch, "prefill")
         assert all(bool((m._router_choice == expected).all()) for m in oracle.layers.values())
-    oracle.set_eval_task(None)
+    oracle.eval_task = None
     oracle.before_forward(batch, "prefill")
     assert oracle.task_report()["oracle_missing_prefills"] == 1
 

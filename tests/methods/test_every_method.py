@@ -10,24 +10,18 @@ import collections
 import pytest
 import torch
 from accelerate import Accelerator
-from frozen_check import FrozenCheck  # tests/ is on sys.path through its conftest.py
 from roundtrip_check import assert_round_trip
 
 import methods
-import bench.train.trainer as trainer
+import bench.decode.generate as decoding
 from bench.moe import moe_layers_of
-from bench.run.protocol import run
-from bench.io.records import read_record
 
 
 @pytest.mark.parametrize("name", methods.names())
-def test_method_runs_two_tasks(name, tiny_config):
-    cfg = tiny_config(method=name)
-    hooks = FrozenCheck()
-    live = {}
-    hooks.before_train = lambda t, method, model, _before=hooks.before_train: (
-        live.update(method=method, model=model), _before(t, method, model))
-    record = read_record(run(cfg, hooks))
+def test_method_runs_two_tasks(name, tiny_run):
+    # the session's shared run of the method (tests/methods/conftest.py), trained with FrozenCheck
+    done = tiny_run(name)
+    cfg, record, hooks = done.cfg, done.record, done.frozen
     expected_stages = 1 if methods.get(name).joint_training else 2
     # the frozen check runs around every training phase (cmoe's probe, EvoMoE's evolution and router)
     assert hooks.checked == sum(len(t.get("phases") or [None]) for t in record["training"]) >= expected_stages
@@ -42,15 +36,15 @@ def test_method_runs_two_tasks(name, tiny_config):
         assert 0 < counts["trained"] <= counts["total"]
         assert 0 < counts["activated_per_token"] <= counts["total"]
     assert record["wall_time"]["training"] > 0 and record["wall_time"]["evaluation"] > 0
-    assert_split_evaluation_is_exact(live["method"], live["model"])
-    assert_round_trip(cfg, record, live["method"], live["model"])
+    assert_split_evaluation_is_exact(done.method, done.model)
+    assert_round_trip(cfg, record, done.method, done.model)
 
 
 def assert_split_evaluation_is_exact(method, model, b: int = 9) -> None:
     """The trained method evaluates a prompt batch split into prefill chunks, with finished rows
     dropped from decoding, to the same tokens as one whole-batch forward decoding every row; a method
     whose rows interact (MoE capacity, second-choice noise) says so and is never split."""
-    if not method.rows_independent_at_eval():
+    if not method.rows_independent_at_eval:
         assert any(m.second_choice_noise or m.capacity_factor_eval is not None for m in moe_layers_of(model))
         return
     g = torch.Generator().manual_seed(0)
@@ -67,15 +61,15 @@ def assert_split_evaluation_is_exact(method, model, b: int = 9) -> None:
     batch["attention_mask"] = torch.stack([torch.arange(n_img + 12) >= n_img + 12 - len(x) for x in rows]).long()
 
     def decode(eos: int, split: bool) -> dict[int, list[int]]:
-        return trainer.generate(model, [batch], eos_id=eos, max_new_tokens=6, accelerator=Accelerator(cpu=True),
+        return decoding.generate(model, [batch], eos_id=eos, max_new_tokens=6, accelerator=Accelerator(cpu=True),
                                 before_forward=method.before_forward, select_rows=method.select_rows,
                                 split_rows=split, prefill_chunk=4)
 
     full = decode(-1, split=False)
     eos = collections.Counter(t for seq in full.values() for t in seq[1:4]).most_common(1)[0][0]
-    old = trainer.COMPACT_FRACTION
-    trainer.COMPACT_FRACTION = 0.1
+    old = decoding.COMPACT_FRACTION
+    decoding.COMPACT_FRACTION = 0.1
     try:
         assert decode(eos, split=True) == decode(eos, split=False)
     finally:
-        trainer.COMPACT_FRACTION = old
+        decoding.COMPACT_FRACTION = old

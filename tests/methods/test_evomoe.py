@@ -283,10 +283,9 @@ def test_copied_experts_start_identical_and_train_jointly(accelerator):
     model, method = attached(experts="copied")
     method.begin_task(0, None, None)
     assert diversity_report(method.layers)["mean"] == 0.0      # the "expert uniformity" EvoMoE targets
-    assert method.evolving_parameters() == []
-    assert {id(p) for p in method.trainable_parameters()} == {
-        id(p) for m in method.layers.values() for p in m.parameters()}
-    assert [p.name for p in method.training_phases(0, None, None, STEPS)] == ["joint"]
+    phases = list(method.training_phases(0, None, None, STEPS))
+    assert [p.name for p in phases] == ["joint"] and phases[0].evolving == []
+    assert {id(p) for p in phases[0].parameters} == {id(p) for m in method.layers.values() for p in m.parameters()}
     assert method.phase == "joint" and all(bool(m.router.row_mask.all()) for m in method.layers.values())
     experts = snap(method._expert_params(range(4)))
     method.after_optimizer_step()                    # no evolution in this ablation
@@ -333,20 +332,20 @@ def test_hyperparameter_validation():
 
 # --- end to end -------------------------------------------------------------------------------------
 class EvolvingCheck(Hooks):
-    """The registry test's frozen check, counting ``evolving_parameters()`` as changed by the task."""
+    """The registry test's frozen check, per phase, counting the phase's ``evolving`` as changed by it."""
 
     def __init__(self):
         super().__init__(before_train=self.before, after_train=self.after)
         self.checked = 0
 
-    def before(self, t, method, model):
-        self.trained = {id(p) for p in method.trainable_parameters()}
-        self.evolving = {id(p) for p in method.evolving_parameters()}
+    def before(self, t, method, model, phase):
+        self.trained = {id(p) for p in phase.parameters}
+        self.evolving = {id(p) for p in phase.evolving}
         named = list(model.named_parameters())
         self.frozen = {n: p.detach().clone() for n, p in named if id(p) not in self.trained | self.evolving}
         self.evo = {n: p.detach().clone() for n, p in named if id(p) in self.evolving}
 
-    def after(self, t, method, model):
+    def after(self, t, method, model, phase):
         now = dict(model.named_parameters())
         assert all(torch.equal(v, now[n]) for n, v in self.frozen.items())
         if method.phase == "evolution":   # the router phase evolves nothing
@@ -356,9 +355,16 @@ class EvolvingCheck(Hooks):
 
 
 @pytest.mark.parametrize("overrides", [{}, {"router": "linear", "experts": "copied"}])
-def test_end_to_end_tiny_run(tiny_config, overrides):
-    hooks = EvolvingCheck()
-    record = read_record(run(tiny_config(method="evomoe", method_set=overrides), hooks))
+def test_end_to_end_tiny_run(tiny_config, tiny_run, overrides):
+    if overrides:
+        hooks = EvolvingCheck()
+        record = read_record(run(tiny_config(method="evomoe", method_set=overrides), hooks))
+    else:  # the defaults: the session's shared run (tests/methods/conftest.py), whose FrozenCheck makes
+        # the same per-phase checks (frozen unchanged; evolved moved, outside autograd)
+        done = tiny_run("evomoe")
+        hooks, record = done.frozen, done.record
+        assert [(t, name, n > 0) for t, name, n in done.phases] == [
+            (t, name, name == "evolution") for t in (0, 1) for name in ("evolution", "router")]
     assert hooks.checked == (4 if overrides.get("experts") != "copied" else 2) and record["method"] == "evomoe"
     assert record["hparams"]["router"] == overrides.get("router", "dtr")
     assert len(record["accuracy_matrix"]) == 3

@@ -9,8 +9,6 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from bench.moe import FFNExperts, MoEFFN, decoder_layers, expert_capacity
-from bench.run.protocol import Hooks, run
-from bench.io.records import read_record
 from methods import hparams_for
 from methods.base import MethodContext
 from methods.moe_llava import MoELLaVA
@@ -131,11 +129,9 @@ def test_state_dict_round_trip_reproduces_the_trained_method():
     assert sorted(fresh.layers) == [0, 2]
 
 
-def test_two_task_record_shows_no_growth_and_per_task_utilisation(tiny_config):
-    totals = []
-    hooks = Hooks(before_train=lambda t, m, model: totals.append(
-        sum(p.numel() for p in model.parameters())))
-    record = read_record(run(tiny_config(method="moe-llava", mini_test=8, max_new_tokens=4), hooks))
+def test_two_task_record_shows_no_growth_and_per_task_utilisation(tiny_run):
+    done = tiny_run("moe-llava")
+    record, totals = done.record, done.totals  # the model's parameter count before each phase
     params = record["parameters"]
     assert params[0]["total"] == params[1]["total"] == totals[0] == totals[1]
     assert params[0]["trained"] == params[1]["trained"]

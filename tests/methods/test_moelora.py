@@ -13,10 +13,8 @@ from transformers import LlavaForConditionalGeneration
 
 from bench.model.lora import DECODER_LINEARS
 from bench.moe.moelora_linear import MoELoRALinear
-from bench.run.protocol import run
-from bench.io.records import read_record
 from methods import hparams_for
-from methods.base import MethodContext
+from methods.base import MethodContext, trainable_parameters
 from methods.moelora import MoELoRA
 from micro_llava import micro_llava  # tests/ is on sys.path through its conftest.py
 
@@ -47,7 +45,7 @@ def test_wraps_every_decoder_linear_and_starts_as_the_base_model():
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, dense)       # B = 0: every delta is exactly 0
     # trainable = exactly the experts and routers; the vision tower, projector and lm_head untouched
-    trainable = {id(p) for p in method.trainable_parameters()}
+    trainable = {id(p) for p in trainable_parameters(method.model)}
     expected = {id(p) for lin in method.linears.values()
                 for p in list(lin.experts.parameters()) + list(lin.router.parameters())}
     assert trainable == expected
@@ -105,7 +103,7 @@ def test_report_describes_the_current_task_only():
 def test_state_dict_round_trip_reproduces_the_trained_method():
     model = tiny_llava()
     method = attached(model)
-    opt = torch.optim.AdamW(list(method.trainable_parameters()), lr=1e-2)
+    opt = torch.optim.AdamW(trainable_parameters(method.model), lr=1e-2)
     for _ in range(2):                                                # a little real training
         ids = torch.randint(0, 60, (2, 8))
         model(input_ids=ids, labels=ids).loss.backward()
@@ -127,8 +125,8 @@ def test_state_dict_round_trip_reproduces_the_trained_method():
         attached(tiny_llava(), targets="q_proj,v_proj").load_state_dict(state)
 
 
-def test_record_trains_everything_on_every_task_without_growth(tiny_config):
-    record = read_record(run(tiny_config(method="moelora", mini_test=8, max_new_tokens=4)))
+def test_record_trains_everything_on_every_task_without_growth(tiny_run):
+    record = tiny_run("moelora").record
     params = record["parameters"]
     # per linear: 8 experts of rank 2 (A: 2 x d_in, B: d_out x 2) + a router (8 x d_in), 4 layers;
     # tiny preset: d = 128, FFN width 344

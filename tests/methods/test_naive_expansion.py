@@ -9,10 +9,8 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from bench.moe import LoRAExperts, LoRAFFNExperts, decoder_layers
-from bench.run.protocol import Hooks, run
-from bench.io.records import read_record
 from methods import hparams_for
-from methods.base import MethodContext
+from methods.base import MethodContext, trainable_parameters
 from methods.naive_expansion import NaiveExpansion
 from micro_llava import micro_llava  # tests/ is on sys.path through its conftest.py
 
@@ -45,7 +43,7 @@ FROZEN_ROWS = dict(expert_type="delta", moe_layers="alternate", train_old_rows="
 
 def train_a_little(model, method, steps: int = 3) -> None:
     """A few AdamW steps with weight decay on the method's trainable parameters (LM + aux loss)."""
-    params = [p for p in method.trainable_parameters() if p.requires_grad]
+    params = trainable_parameters(method.model)
     opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
     model.train()
     for _ in range(steps):
@@ -73,7 +71,7 @@ def test_each_task_adds_exactly_k_experts_and_k_rows_and_trains_only_them():
                 torch.testing.assert_close(model(input_ids=ids).logits, dense, rtol=1e-5, atol=1e-6)
         assert sum(p.numel() for p in model.parameters()) == base_total + (t + 1) * step
         new = [p for p in model.parameters() if id(p) not in before]
-        assert {id(p) for p in method.trainable_parameters()} == {id(p) for p in new}
+        assert {id(p) for p in trainable_parameters(method.model)} == {id(p) for p in new}
         assert sum(p.numel() for p in new) == step
         for i in (0, 2):
             moe = decoder_layers(model)[i].mlp
@@ -146,14 +144,9 @@ def test_state_dict_round_trip_reproduces_the_trained_method():
     assert decoder_layers(fresh_model)[0].mlp.experts.num_experts == 6
 
 
-def test_record_shows_linear_growth_and_frozen_old_experts(tiny_config):
-    snapshots: dict[int, dict[str, torch.Tensor]] = {}
-
-    def after(t, method, model):
-        snapshots[t] = {n: p.detach().clone() for n, p in model.named_parameters() if ".mlp." in n}
-
-    cfg = tiny_config(method="naive-expansion", mini_test=8, max_new_tokens=4)
-    record = read_record(run(cfg, Hooks(after_train=after)))
+def test_record_shows_linear_growth_and_frozen_old_experts(tiny_run):
+    done = tiny_run("naive-expansion")
+    record, snapshots = done.record, done.ffn_after  # decoder FFN parameters after each task
     d, d_ff = 128, 344  # the tiny preset's text hidden and FFN sizes
     step = ffn_increment(K=2, r=16, d=d, d_ff=d_ff, layers=4)
     params = record["parameters"]

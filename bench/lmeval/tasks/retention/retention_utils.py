@@ -5,13 +5,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 DATA = Path(__file__).with_name("retention.jsonl")
 
 
 def load(**_metadata: Any) -> dict[str, Any]:
     """``custom_dataset`` hook: ``{"test": datasets.Dataset}`` of the 300 items (copying and captions)."""
-    import datasets
-
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
     return {"test": datasets.Dataset.from_list(rows)}
 

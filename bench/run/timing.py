@@ -1,9 +1,28 @@
-"""The time split a run prints at its end (and stores as ``wall_time`` / ``peak_rss_mb`` in its record)."""
+"""Where a run's time goes: seconds per phase while it runs, and the split it prints at its end (the
+record stores the same numbers as ``wall_time`` / ``peak_rss_mb``)."""
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
 
 PHASES = (("stage0", "stage 0"), ("data", "data"), ("training", "training"),
           ("method", "method work (probing, locator fitting, expansion)"), ("evaluation", "evaluation"),
           ("tracking", "lm-eval tracking"))
+
+
+@dataclass
+class PhaseTimer:
+    """Seconds per phase, summed over every stretch of that phase."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, phase: str, since: float) -> None:
+        """Add the time from ``since`` (a ``time.perf_counter()`` reading) to now."""
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - since
+
+    def add_seconds(self, phase: str, seconds: float) -> None:
+        """Add ``seconds`` measured elsewhere (the trainer's own split of a stage)."""
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
 
 
 def time_split(wall_time: dict[str, float], peak_rss_mb: float) -> str:
