@@ -17,6 +17,7 @@ MODULE_COMMANDS = {
     "check": ("bench.analysis.check",
               "CI regression: rerun the smoke preset per method and compare with results/baselines/"),
     "base": ("bench.model.base_cmd", "the shipped stage-0 base (bench/base/): rebuild it or show its manifest"),
+    "tune": ("bench.sweeps.tune", "the same number of validation-protocol trials for every method; writes chosen.json"),
 }
 
 

@@ -30,16 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import datasets
+
 from tasks import side_files as side_files_mod
 from tasks.types import DataSpec, TaskError, TaskInfo, TaskSplit
 
 TEST_FILES = ("test.json", "val.json")
 IMAGE_DIR = "cl_dataset"
-SIDE_FILES: dict[str, str] = {
-    "textvqa": "TextVQA/TextVQA_0.5.1_val.json",
-    "gqa": "GQA/testdev_balanced_questions.json",
-    "scienceqa": "ScienceQA/problems.json",
-}
 SCIENCEQA_LETTERS = ("A", "B", "C", "D", "E")
 IMAGE_TOKEN = "<image>"
 
@@ -243,7 +240,8 @@ def split_file(task: TaskInfo, split: str, spec: DataSpec) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# Official side files: each loader returns a function that adds refs to a record
+# Official side files: each loader returns a function that adds refs to a record. Which side files a
+# task has and which loader reads them is declared with the task (``side_files`` and ``enricher``).
 # --------------------------------------------------------------------------------------------------
 
 Enricher = Callable[[RawRecord, int, Path], None]
@@ -253,7 +251,7 @@ def _side_key_error(side: Path, ann_path: Path, index: int, qid: str) -> TaskErr
     return _record_error(ann_path, index, "question_id", f"{qid!r} not found in side file {side}")
 
 
-def _textvqa_enricher(side: Path) -> Enricher:
+def textvqa_enricher(side: Path) -> Enricher:
     """``TextVQA_0.5.1_val.json``: ``{"data": [{"question_id", "answers": [10 strings]}]}``, matched on
     ``str(question_id)`` as ``eval_textvqa.py`` does."""
     data = load_json(side)
@@ -277,7 +275,7 @@ def _textvqa_enricher(side: Path) -> Enricher:
     return enrich
 
 
-def _gqa_enricher(side: Path) -> Enricher:
+def gqa_enricher(side: Path) -> Enricher:
     """``testdev_balanced_questions.json``: ``{qid: {"answer", "isBalanced", "types": {...}}}``; the
     official gold answer, the balanced flag and the structural / semantic types."""
     data = load_json(side)
@@ -321,7 +319,7 @@ def _scienceqa_problems(side: Path) -> dict[str, dict[str, Any]]:
     return problems
 
 
-def _scienceqa_enricher(side: Path, problems: dict[str, dict[str, Any]] | None = None) -> Enricher:
+def scienceqa_enricher(side: Path, problems: dict[str, dict[str, Any]] | None = None) -> Enricher:
     problems = _scienceqa_problems(side) if problems is None else problems
 
     def enrich(rec: RawRecord, index: int, ann_path: Path) -> None:
@@ -332,15 +330,9 @@ def _scienceqa_enricher(side: Path, problems: dict[str, dict[str, Any]] | None =
     return enrich
 
 
-_ENRICHERS: dict[str, Callable[[Path], Enricher]] = {
-    "textvqa": _textvqa_enricher,
-    "gqa": _gqa_enricher,
-    "scienceqa": _scienceqa_enricher,
-}
-
-
 def apply_side_file(task: TaskInfo, records: list[RawRecord], side: Path, ann_path: Path) -> None:
-    enrich = _ENRICHERS[task.name](side)
+    """Add the refs of ``side`` (one of the task's side files) to every record, with the task's enricher."""
+    enrich = task.enricher(side)
     for i, rec in enumerate(records):
         enrich(rec, i, ann_path)
 
@@ -379,8 +371,6 @@ def subsample(n: int, limit: int | None, seed: int, task: str, split: str) -> li
 
 def _build_dataset(records: list[RawRecord], image_root: Path):
     """A ``datasets.Dataset`` whose image column holds file *paths*: decoding happens on access."""
-    import datasets
-
     features = datasets.Features({
         "question_id": datasets.Value("string"),
         "prompt": datasets.Value("string"),
@@ -409,8 +399,8 @@ def load_split(task: TaskInfo, split: str, spec: DataSpec) -> TaskSplit:
         check_unique_ids(records, path)
     check_image_files(records, image_root, path)
     side_files = []
-    if split == "test" and task.name in SIDE_FILES:
-        side = image_root / SIDE_FILES[task.name]
+    if split == "test" and task.side_files:
+        side = image_root / task.side_files[0].path
         if side.is_file():  # used where present: the scorers fall back without them
             apply_side_file(task, records, side, path)
             side_files.append(str(side))
@@ -439,7 +429,7 @@ def read_annotations(task: TaskInfo, annotations_path: str | Path,
     side = side_files_mod.resolve(task.name, side_files)
     if task.name == "scienceqa" and side:
         problems = _scienceqa_problems(side["problems"])
-        enrich = _scienceqa_enricher(side["problems"], problems)
+        enrich = scienceqa_enricher(side["problems"], problems)
         for i, rec in enumerate(records):  # every CoIN record must be a known problem
             enrich(rec, i, path)
         return scienceqa_test_references(side["splits"], side["problems"], problems)

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from datasets import Image
+
 import tasks
 from tasks.base import Task
 from tasks.types import DataSpec, TaskError, TaskSplit
@@ -43,8 +45,6 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _rows(split: TaskSplit) -> list[dict[str, Any]]:
     """The split's rows with images as raw PNG bytes (``decode=False``: nothing is decoded)."""
-    from datasets import Image
-
     ds = split.dataset.cast_column("image", Image(decode=False))
     return [dict(row, refs=json.loads(row["refs"])) for row in ds]
 
@@ -140,6 +140,11 @@ def _scienceqa_problem(row: dict[str, Any], split_name: str, image: str | None) 
     }
 
 
+def _side_path(out: Path, task: Task, role: str) -> Path:
+    """Where the task's side file of ``role`` goes: its declared path under ``cl_dataset/``."""
+    return out / IMAGE_ROOT / next(f.path for f in task.side_files if f.role == role)
+
+
 def export_suite(out_dir: str | Path, spec: DataSpec, task_names: list[str] | None = None) -> Path:
     """Export coin-mini (for ``spec``'s seed and sizes) to ``out_dir`` in CoIN's layout; returns the path."""
     out = Path(out_dir)
@@ -162,13 +167,13 @@ def export_suite(out_dir: str | Path, spec: DataSpec, task_names: list[str] | No
                     problems[row["question_id"]] = _scienceqa_problem(row, split_name, images.get(row["question_id"]))
                     pid_splits[split_name].append(row["question_id"])
             elif name == "textvqa" and split_name == "test":
-                _write_json(out / IMAGE_ROOT / "TextVQA" / "TextVQA_0.5.1_val.json", _textvqa_side(rows, spec.image_size))
+                _write_json(_side_path(out, task, "answers"), _textvqa_side(rows, spec.image_size))
             elif name == "gqa" and split_name == "test":
-                _write_json(out / IMAGE_ROOT / "GQA" / "testdev_balanced_questions.json", _gqa_side(rows))
+                _write_json(_side_path(out, task, "questions"), _gqa_side(rows))
     if "scienceqa" in names:
         pid_splits["trainval"] = pid_splits["train"] + pid_splits["val"]
-        _write_json(out / IMAGE_ROOT / "ScienceQA" / "problems.json", problems)
-        _write_json(out / IMAGE_ROOT / "ScienceQA" / "pid_splits.json", pid_splits)
+        _write_json(_side_path(out, tasks.get("scienceqa"), "problems"), problems)
+        _write_json(_side_path(out, tasks.get("scienceqa"), "splits"), pid_splits)
     _write_json(out / "coin-mini-export.json", {
         "kind": "coin-mini", "generator_version": GENERATOR_VERSION, "data_seed": spec.data_seed,
         "mini_train": spec.mini_train, "mini_test": spec.mini_test, "limit_train": spec.limit_train,

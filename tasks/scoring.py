@@ -50,9 +50,10 @@ the number of references, except GQA where it is the number of balanced question
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from tasks.types import ScoreResult, TaskError
+from tasks import declared
+from tasks.types import Scorer, ScoreResult, TaskError
 
 MODES = ("official", "clean")
 
@@ -520,16 +521,8 @@ def _count_missing(predictions: Sequence[str | None]) -> int:
     return sum(1 for p in predictions if p is None)
 
 
-SCORERS: dict[str, Callable[[Sequence[str | None], Sequence[dict[str, Any]], str], ScoreResult]] = {
-    "scienceqa": score_scienceqa,
-    "textvqa": score_textvqa,
-    "imagenet": score_imagenet,
-    "gqa": score_gqa,
-    "vizwiz": score_vizwiz,
-    "grounding": score_grounding,
-    "vqav2": score_vqav2,
-    "ocrvqa": score_ocrvqa,
-}
+# Each task's scorer is declared with the task (its ``scorer`` in :mod:`tasks`); this is the view by name.
+SCORERS: Mapping[str, Scorer] = declared.by_task(lambda t: t.scorer)
 
 
 def score(task: str, predictions: list[str | None], references: list[dict], mode: str = "official") -> ScoreResult:

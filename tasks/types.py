@@ -6,8 +6,10 @@ scoring to :class:`TaskInfo`.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 from PIL import Image
 
@@ -129,21 +131,61 @@ class DataSpec:
     mini_test: int = 200
     image_size: int = 64
     cache_dir: str | None = None  # coin-mini Arrow cache; default ~/.cache/continual-moe-bench/coin-mini
+    # validation protocol (tasks.validation): "train" = the training split minus a held-out part,
+    # "test" = that held-out part; the task's test split is never loaded
+    validation: bool = False
 
     @property
     def source(self) -> str:
         return "coin" if self.data_root else "coin-mini"
 
 
+# predictions aligned with references, mode -> the task's figure (the functions of tasks.scoring)
+Scorer = Callable[[Sequence[str | None], Sequence[dict[str, Any]], str], ScoreResult]
+# the files of one ``bench score`` call (a tasks.official.Inputs) -> what the official script prints
+Script = Callable[[Any], ScoreResult]
+# a side file -> a function that adds its refs to a parsed CoIN record (record, index, annotations path)
+Enricher = Callable[[Path], Callable[[Any, int, Path], None]]
+# (rng, image size) -> one coin-mini sample (a tasks.synthetic.layout.Sample)
+Generator = Callable[[random.Random, int], Any]
+
+
+@dataclass(frozen=True)
+class SideFile:
+    """One official side file a task's official script reads: its ``role`` (the key of
+    ``tasks.official.Inputs.side``) and its ``path`` under ``cl_dataset/`` in the CoIN layout."""
+
+    role: str
+    path: str
+
+    @property
+    def file_name(self) -> str:
+        return self.path.split("/")[-1]
+
+
 @dataclass(frozen=True)
 class TaskInfo:
-    """One CoIN task: its name and where its files live in the CoIN layout.
+    """One CoIN task, declared once (in :mod:`tasks`): its name, where its files live in the CoIN
+    layout and the pieces that read and score it.
 
     ``coin_dir`` is the folder under ``Instructions_<Variant>/``; ``test_file`` is ``test.json`` or
-    ``val.json`` as shipped by CoIN.
+    ``val.json`` as shipped by CoIN. ``scorer`` is its per-record rule (:mod:`tasks.scoring`),
+    ``script`` its official script reproduced (:mod:`tasks.official`), ``side_files`` the official side
+    files that script reads (the first is the one the CoIN reader enriches the test records with, by
+    ``enricher``, where present) and ``generator`` its coin-mini sample generator. None of these take
+    part in equality or the repr.
     """
 
     name: str
     coin_dir: str
     test_file: str
     instruction: str  # the Original-variant suffix (last prompt line)
+    scorer: Scorer | None = field(default=None, compare=False, repr=False)
+    script: Script | None = field(default=None, compare=False, repr=False)
+    side_files: tuple[SideFile, ...] = field(default=(), compare=False, repr=False)
+    enricher: Enricher | None = field(default=None, compare=False, repr=False)
+    generator: Generator | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if bool(self.side_files) != (self.enricher is not None):
+            raise TaskError(f"task {self.name!r}: side files and their enricher are declared together")

@@ -48,8 +48,9 @@ Uncertainty (:mod:`bench.analysis.stats`, from the records' per-sample scores; r
   its paired-bootstrap 95% interval and p-value, significant when the interval excludes 0.
 
 The tables are split into two labelled sections: *Defaults* (every record the harness has, the methods'
-defaults plus marked ablation and oracle rows) and *Tuned with equal budget*, which stays empty until
-hyper-parameters are tuned under the same budget by a tuning command.
+defaults plus marked ablation and oracle rows) and *Tuned with equal budget*: the records of the
+configurations ``python -m bench tune`` chose (``results/tune/chosen.json``: the same number of
+validation-protocol trials per method), with the same table and paired differences, then every trial.
 
 Everything is a pure function of the records (no timestamps, fixed ordering, fixed bootstrap seeds), so
 regenerating from the same records writes byte-identical Markdown and CSV.
@@ -91,8 +92,17 @@ HEADER_NOTE = (
     "generator seed) from the records' per-sample scores; n/a for records that lack them. *Rank group*: "
     "configurations sharing a letter are not significantly different in Last (paired bootstrap, 95%) from that "
     "letter's leader, the best configuration given the letter.")
-TUNED_NOTE = ("Empty: no record was tuned yet. This section will list each method with hyper-parameters tuned "
-              "under the same budget once a tuning command (`bench tune`) exists.")
+TUNED_EMPTY = ("Empty: no tuning result (`results/tune/chosen.json`, written by `python -m bench tune`) yet. This "
+               "section lists each method at the configuration its equal-budget tuning chose.")
+TUNED_NOTE = ("Each method at the configuration `python -m bench tune` chose with the same number of trials for every "
+              "method ({trials} per method: trial 0 = the defaults, the others drawn from the search space the method "
+              "declares next to its hyper-parameters), scored by validation Last on a held-out part of every task's "
+              "training split ({steps} steps per task, {limit} held-out records scored per task), never on a test "
+              "record. Rows are the test-protocol records of the chosen configurations (a method whose defaults won "
+              "shows its default records); every trial is listed under *Tuning trials* and in "
+              "`results/tune/chosen.json`.")
+# The config keys that differ between the runs of one comparison; the rest is the protocol.
+PER_RUN_KEYS = ("method", "method_set", "seed")
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -724,8 +734,62 @@ def render_markdown(groups: list[tuple[tuple, list[Row]]], n_records: int) -> st
                   f"![Last vs parameters added](plots/{plot_name('last-vs-added', gkey)})", ""]
         lines += (_pairwise_section(rows) + _learnability_section(gkey, rows) + _ptl_section(gkey, rows)
                   + _growth_section(rows))
-    lines += ["# Tuned with equal budget", "", TUNED_NOTE, ""]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def tuned_records(records: list[dict[str, Any]], chosen: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records of the configurations ``bench tune`` chose: per tuned method, the records with the
+    chosen ``--set`` values run on the protocol the tuning was for (its config without method, ``--set``
+    and seed)."""
+    wanted = {m: {k: str(v) for k, v in c["set"].items()} for m, c in chosen["methods"].items()}
+    out = []
+    for r in records:
+        config = r["config"]
+        if (r["method"] in wanted and config.get("method_set", {}) == wanted[r["method"]]
+                and {k: v for k, v in config.items() if k not in PER_RUN_KEYS} == chosen["protocol"]):
+            out.append(r)
+    return out
+
+
+def trials_frame(chosen: dict[str, Any]):
+    """One line per trial: method, trial, its ``--set`` values, validation Last, whether it was chosen."""
+    data = [{"Method": method, "Trial": row["trial"],
+             "Settings": ", ".join(f"{k}={v}" for k, v in sorted(row["set"].items())) or "defaults",
+             "Validation Last": f"{row['validation_last']:.2f}", "Chosen": "✓" if row["trial"] == c["trial"] else ""}
+            for method, c in sorted(chosen["methods"].items()) for row in c["trials"]]
+    return pd.DataFrame(data)
+
+
+def render_tuned(records: list[dict[str, Any]], chosen: dict[str, Any] | None) -> str:
+    """The *Tuned with equal budget* section: per group the main table and the paired differences of
+    the chosen configurations' records, then every tuning trial."""
+    lines = ["# Tuned with equal budget", ""]
+    if chosen is None:
+        return "\n".join(lines + [TUNED_EMPTY, ""])
+    val = chosen.get("validation", {})
+    lines += [TUNED_NOTE.format(trials=chosen.get("trials_per_method", "?"), steps=val.get("steps_per_task", "?"),
+                                limit=val.get("limit") or "all"), ""]
+    for i, (gkey, rows) in enumerate(build_groups(tuned_records(records, chosen)), 1):
+        for row in rows:
+            row.kind = row.kind.replace("ablation", "tuned")
+        lines += [f"## Tuned group {i}: {describe_group(gkey)}", "",
+                  table_frame(rows).to_markdown(index=False, disable_numparse=True), ""] + _pairwise_section(rows)
+    missing = sorted(set(chosen["methods"]) - {r["method"] for r in tuned_records(records, chosen)})
+    if missing:
+        lines += ["Chosen configurations without a test-protocol record yet (`python -m bench sweep --tuned "
+                  "results/tune/chosen.json`): " + ", ".join(missing) + ".", ""]
+    lines += ["### Tuning trials", "", trials_frame(chosen).to_markdown(index=False, disable_numparse=True), ""]
+    return "\n".join(lines)
+
+
+def read_chosen(path: Path) -> dict[str, Any] | None:
+    """``bench tune``'s chosen.json, or None when there is none."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise RecordError(f"{path}: not valid JSON ({e}); rerun python -m bench tune") from None
 
 
 def _pairwise_section(rows: list[Row]) -> list[str]:
@@ -796,12 +860,14 @@ def _growth_section(rows: list[Row]) -> list[str]:
 
 def generate(runs_dir: Path = Path("results/runs"), out_dir: Path = Path("results"), *,
              plots: bool = True) -> dict[str, Any]:
-    """Read every record, write LEADERBOARD.md, leaderboard.csv and (optionally) the plots."""
+    """Read every record, write LEADERBOARD.md, leaderboard.csv and (optionally) the plots. The tuned
+    section reads ``bench tune``'s result next to the records (``<runs_dir>/../tune/chosen.json``)."""
     loaded = load_records(runs_dir)
     groups = build_groups([r for _p, r in loaded])
     out_dir = Path(out_dir)
     md_path, csv_path = out_dir / "LEADERBOARD.md", out_dir / "leaderboard.csv"
-    md = render_markdown(groups, len(loaded))
+    chosen = read_chosen(Path(runs_dir).parent / "tune" / "chosen.json")
+    md = render_markdown(groups, len(loaded)) + "\n" + render_tuned([r for _p, r in loaded], chosen)
     csv = csv_frame(groups).to_csv(index=False, lineterminator="\n")
     png = draw_plots(groups, out_dir / "plots") if plots else []
     atomic_write_text(md_path, md)

@@ -93,7 +93,7 @@ def _tokenizer_corpus(cfg: RunConfig, task_list):
     answers it splits " B" into a lone space plus "B", and the lone space is a token stage 0 never
     predicts, which no LoRA can cheaply teach it to predict later."""
     def corpus():
-        spec = cfg.data_spec()
+        spec = dataclasses.replace(cfg.data_spec(), validation=False)  # the base never depends on the protocol
         for split in [_pretrain_split(cfg)] + [task.load("train", spec) for task in task_list]:
             prompts, answers = split.texts()
             yield from (conversation_text(p, a) for p, a in zip(prompts, answers))

@@ -12,22 +12,16 @@ record order, and scores them with :func:`tasks.scoring.score`, which gives the 
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Mapping
 
-from tasks.types import ScoreResult, TaskError
-from tasks.official import gqa, grounding, imagenet, ocrvqa, scienceqa, textvqa, vizwiz, vqav2
+from tasks import declared
+from tasks.types import Script, ScoreResult, TaskError
+from tasks.official import gqa, grounding, imagenet, ocrvqa, scienceqa, textvqa, vizwiz, vqav2  # noqa: F401
 from tasks.official.common import Inputs
 
-SCRIPTS: dict[str, Callable[[Inputs], ScoreResult]] = {
-    "scienceqa": scienceqa.score,
-    "textvqa": textvqa.score,
-    "imagenet": imagenet.score,
-    "gqa": gqa.score,
-    "vizwiz": vizwiz.score,
-    "grounding": grounding.score,
-    "vqav2": vqav2.score,
-    "ocrvqa": ocrvqa.score,
-}
+# Each task declares its script with the task (its ``script`` in :mod:`tasks`: ``official.<module>.score``
+# of one of the modules imported above); this is the view by name.
+SCRIPTS: Mapping[str, Script] = declared.by_task(lambda t: t.script)
 
 
 def score_files(inputs: Inputs) -> ScoreResult:

@@ -402,10 +402,40 @@ def test_intervals_pairwise_table_rank_groups_and_the_tuned_section(tmp_path: Pa
     assert cells["cmoe"] == ["100.0 [100.0, 100.0]"] * 3 and cells["moe-llava"] == ["50.0", "60.0", "30.0"]
     # two labelled sections; the tuned one is empty and says so
     assert md.index("# Defaults") < md.index("## Group 1") < md.index("# Tuned with equal budget")
-    assert md.rstrip().endswith("once a tuning command (`bench tune`) exists.")
+    assert md.rstrip().endswith("at the configuration its equal-budget tuning chose.")
     df = pd.read_csv(out / "leaderboard.csv").set_index("label")
     assert df.loc["cmoe", "last_ci_low"] == 100.0 and df.loc["cmoe", "rank_group"] == "A"
     assert pd.isna(df.loc["moe-llava", "last_ci_low"]) and pd.isna(df.loc["moe-llava", "rank_group"])
     before = md
     generate(_write(tmp_path / "runs", strong, weak, twin, old), out)
     assert (out / "LEADERBOARD.md").read_text() == before  # fixed bootstrap seeds: same records, same bytes
+
+
+def test_tuned_section_lists_the_chosen_configurations_and_every_trial(tmp_path: Path) -> None:
+    runs = _write(tmp_path / "results" / "runs",
+                  _record("seq-ft", 0, _A([30, 40, 50])), _record("seq-ft", 0, _A([50, 50, 50]), hparams={"rank": 8}),
+                  _record("moelora", 0, _A([20, 20, 20])), _record("moelora", 0, _A([10, 10, 10]), hparams={"rank": 4}))
+    chosen = {"protocol": {}, "validation": {"steps_per_task": 3, "limit": 10}, "trials_per_method": 2,
+              "methods": {"seq-ft": {"set": {"rank": "8"}, "trial": 1, "validation_last": 12.5,
+                                     "trials": [{"trial": 0, "set": {}, "validation_last": 10.0, "record": "a.json"},
+                                                {"trial": 1, "set": {"rank": "8"}, "validation_last": 12.5, "record": "b.json"}]},
+                          "moelora": {"set": {}, "trial": 0, "validation_last": 9.0,
+                                      "trials": [{"trial": 0, "set": {}, "validation_last": 9.0, "record": "c.json"},
+                                                 {"trial": 1, "set": {"rank": "4"}, "validation_last": 3.0, "record": "d.json"}]},
+                          "cmoe": {"set": {}, "trial": 0, "validation_last": 1.0, "trials": []}}}
+    (tmp_path / "results" / "tune").mkdir()
+    (tmp_path / "results" / "tune" / "chosen.json").write_text(json.dumps(chosen))
+    generate(runs, tmp_path / "results", plots=False)
+    md = (tmp_path / "results" / "LEADERBOARD.md").read_text()
+    tuned = md[md.index("# Tuned with equal budget"):]
+    assert "2 per method" in tuned and "3 steps per task, 10 held-out records" in tuned
+    header, *rows = _section(tuned, "## Tuned group 1")
+    labels = [r[0] for r in rows]
+    assert labels == ["seq-ft [rank=8]", "moelora"]  # the chosen configurations only, by Last
+    assert dict(zip(header, rows[0]))["Kind"] == "tuned" and dict(zip(header, rows[1]))["Kind"] == "method"
+    assert "without a test-protocol record yet" in tuned and tuned.count("cmoe") == 1
+    trial_header, *trials = _section(tuned, "### Tuning trials")
+    assert len(trials) == 4 and [r[-1] for r in trials] == ["✓", "", "", "✓"]  # sorted: moelora, seq-ft
+    # the Defaults section is untouched by the tuning: all four configurations, ablations marked
+    _h, *default_rows = _section(md[:md.index("# Tuned with equal budget")], "## Group 1")
+    assert len(default_rows) == 4
