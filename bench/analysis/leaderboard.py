@@ -1,5 +1,5 @@
 """Leaderboard: ``results/runs/*.json`` → ``results/LEADERBOARD.md``, ``results/leaderboard.csv`` and
-small PNGs under ``results/plots/`` (design.md "Layout").
+small PNGs under ``results/plots/``.
 
 Records are only comparable when they share a task suite, a data source, a backbone (config hash),
 a budget (steps per task, batch size, lr), a task order (``tasks``; whether it was shuffled,
@@ -746,9 +746,16 @@ def tuned_records(records: list[dict[str, Any]], chosen: dict[str, Any]) -> list
     for r in records:
         config = r["config"]
         if (r["method"] in wanted and config.get("method_set", {}) == wanted[r["method"]]
-                and {k: v for k, v in config.items() if k not in PER_RUN_KEYS} == chosen["protocol"]):
+                and _same_protocol(config, chosen["protocol"])):
             out.append(r)
     return out
+
+
+def _same_protocol(config: dict[str, Any], protocol: dict[str, Any]) -> bool:
+    """Whether a record's config is the protocol's; a setting the record predates counts as the
+    protocol's value (records keep the config keys of the code that wrote them)."""
+    rest = {k: v for k, v in config.items() if k not in PER_RUN_KEYS}
+    return set(rest) <= set(protocol) and all(rest.get(k, v) == v for k, v in protocol.items())
 
 
 def trials_frame(chosen: dict[str, Any]):
