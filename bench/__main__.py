@@ -144,9 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from bench.analysis import check
 
-    from bench.sweeps import sweep
+    from bench.sweeps import sweep, tune
 
     sweep.add_parser(sub)
+    tune.add_parser(sub)
     check.add_parser(sub)
     base_cmd.add_parser(sub)
 

@@ -90,6 +90,9 @@ class RunConfig:
     limit_test: int | None = None
     mini_train: int = 2000
     mini_test: int = 200
+    # the validation protocol (bench tune): every task's test split replaced by a held-out part of its
+    # training split (tasks.validation); the test split is never loaded
+    validation: bool = False
     # method hyper-parameters (--set key=value), validated against the method's dataclass
     method_set: dict[str, str] = field(default_factory=dict)
     # lm-eval tasks evaluated after row 0 and after every task (--track lmeval:TASK; bench/lmeval/evaluate.py)
@@ -138,6 +141,8 @@ class RunConfig:
         d = dataclasses.asdict(self)
         d.pop("cache_dir")  # machine-local, not part of what a run means
         d.pop("out")
+        if not d["validation"]:  # a test-protocol run's config (and so its record key) as it always was
+            d.pop("validation")
         return d
 
     @classmethod
@@ -162,7 +167,7 @@ class RunConfig:
 
         return DataSpec(data_root=self.data_root, instructions=self.instructions, limit_train=self.limit_train,
                         limit_test=self.limit_test, data_seed=self.data_seed, mini_train=self.mini_train,
-                        mini_test=self.mini_test, image_size=self.backbone.image_size,
+                        mini_test=self.mini_test, image_size=self.backbone.image_size, validation=self.validation,
                         cache_dir=str(Path(self.cache_dir) / "coin-mini"))
 
 

@@ -73,10 +73,22 @@ class MethodHParams:
     the training stream, never by test accuracy. A phase with its own ``lr`` is not scaled."""
 
     lr_scale: float = 1.0
+    # The grid ``bench tune`` draws trials from (``search_space`` merges it along the class hierarchy):
+    # the learning-rate multiple always; subclasses add their own knobs.
+    search: ClassVar[dict[str, tuple]] = {"lr_scale": (0.5, 1.0, 2.0)}
 
     def validate(self) -> None:
         if not self.lr_scale > 0:
             raise ValueError(f"lr_scale must be > 0, got {self.lr_scale}")
+
+
+def search_space(hp_cls: type[MethodHParams]) -> dict[str, tuple]:
+    """The tuning grid of a hyper-parameter class: every ``search`` along its class hierarchy, a
+    subclass's entry replacing its base's for the same knob."""
+    space: dict[str, tuple] = {}
+    for cls in reversed(hp_cls.__mro__):
+        space.update(cls.__dict__.get("search", {}))
+    return space
 
 
 class ContinualMethod:

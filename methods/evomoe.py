@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -94,6 +94,7 @@ class EvoMoEHParams(MoEHParams):
     aux_loss_coef: float = 0.001
     num_experts: int = 4
     evolution_fraction: float = 0.8
+    search: ClassVar[dict[str, tuple]] = {"evolution_fraction": (0.5, 0.8, 0.9)}
     evolution_rule: str = "ema"
     beta_ranges: tuple[float, ...] = (0.90, 0.99, 0.80, 0.89, 0.70, 0.79)
     beta_per_layer: bool = False

@@ -8,7 +8,7 @@ task lifecycle; they differ only in the mechanism their paper adds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ class MoEHParams(MethodHParams):
     top_k: int = 2
     aux_loss_coef: float = 0.01  # Switch load balancing E * sum_e f_e P_e, summed over MoE layers
     dispatch: str = "fast"  # "fast" (sorted) or "eager" (reference)
+    search: ClassVar[dict[str, tuple]] = {"aux_loss_coef": (0.001, 0.01, 0.1)}
 
     def validate(self) -> None:
         super().validate()
@@ -61,6 +62,7 @@ class LoRAExpertHParams(MoEHParams):
     lora_rank: int = 16
     lora_alpha: float = 32.0
     lora_init: str = "kaiming"
+    search: ClassVar[dict[str, tuple]] = {"lora_rank": (8, 16, 32)}
 
     def validate(self) -> None:
         super().validate()

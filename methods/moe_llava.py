@@ -22,7 +22,7 @@ Hyper-parameters and inferred choices: see ``MoELLaVA``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -35,6 +35,7 @@ from methods.moe_base import MoEHParams, MoEMethod
 @dataclass
 class MoELLaVAHParams(MoEHParams):
     num_experts: int = 4
+    search: ClassVar[dict[str, tuple]] = {"num_experts": (2, 4, 8)}
     capacity_factor_train: float | None = 1.5
     capacity_factor_eval: float | None = 2.0
     min_capacity: int = 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from bench.model.lora import DECODER_LINEARS, check_targets
 from bench.moe.moelora_linear import MoELoRALinear, inject_moelora
@@ -33,6 +33,7 @@ class MoELoRAHParams(MethodHParams):
     lora_init: str = "kaiming"
     targets: tuple[str, ...] = DECODER_LINEARS
     lr_scale: float = 2.0
+    search: ClassVar[dict[str, tuple]] = {"lr_scale": (1.0, 2.0, 4.0), "rank": (8, 16, 32), "num_experts": (4, 8)}
 
     def validate(self) -> None:
         super().validate()

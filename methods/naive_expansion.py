@@ -23,7 +23,7 @@ Hyper-parameters, inferred choices and the task report: see ``NaiveExpansion``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -39,6 +39,7 @@ NEW_ROW_INITS = ("zero", "kaiming")
 @dataclass
 class NaiveExpansionHParams(LoRAExpertHParams):
     experts_per_task: int = 2
+    search: ClassVar[dict[str, tuple]] = {"experts_per_task": (2, 4)}
     new_row_init: str = "zero"
     train_old_rows: bool = True
 

@@ -2,6 +2,8 @@
 with no mechanism against forgetting (CoIN's "Sequential LoRA")."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 from dataclasses import dataclass
 
 from bench.model.lora import DECODER_LINEARS, check_targets, LoRASpec, inject_lora
@@ -13,6 +15,7 @@ from methods.base import ContinualMethod, MethodHParams
 class LoRAHParams(MethodHParams):
     rank: int = 16  # CoIN uses r=128 on a 7B model; 16 on the d=128 tiny decoder (a knob)
     alpha: float = 32.0  # CoIN's alpha = 2r
+    search: ClassVar[dict[str, tuple]] = {"rank": (8, 16, 32)}
     dropout: float = 0.0
     # The wrapped decoder linears. The default is CoIN's (every linear); the FFN's three alone are the
     # ablation that gives the LoRA the same reach as the FFN-expert methods (attention stays frozen).

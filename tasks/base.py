@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from tasks import scoring
 from tasks.types import SPLITS, DataSpec, Record, ScoreResult, TaskError, TaskInfo, TaskSplit
+from tasks.validation import split_for_validation
 
 __all__ = ["SPLITS", "DataSpec", "Loader", "Record", "ScoreResult", "Task", "TaskError", "TaskInfo", "TaskSplit"]
 
@@ -38,6 +39,9 @@ class Task(TaskInfo):
         if loader is None:
             source = "a CoIN reader" if spec.data_root else "a coin-mini generator"
             raise TaskError(f"task {self.name!r} has no {source}")
+        if spec.validation:
+            train, held_out = split_for_validation(loader(self, "train", spec), spec.data_seed, spec.limit_test)
+            return train if split == "train" else held_out
         return loader(self, split, spec)
 
     def score(self, predictions: Sequence[str | None], split: TaskSplit | Sequence[dict[str, Any]],

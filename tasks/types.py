@@ -129,6 +129,9 @@ class DataSpec:
     mini_test: int = 200
     image_size: int = 64
     cache_dir: str | None = None  # coin-mini Arrow cache; default ~/.cache/continual-moe-bench/coin-mini
+    # validation protocol (tasks.validation): "train" = the training split minus a held-out part,
+    # "test" = that held-out part; the task's test split is never loaded
+    validation: bool = False
 
     @property
     def source(self) -> str:

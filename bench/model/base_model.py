@@ -92,7 +92,7 @@ def _tokenizer_corpus(cfg: RunConfig, task_list):
     from bench.model.backbone import conversation_text
 
     def corpus():
-        spec = cfg.data_spec()
+        spec = dataclasses.replace(cfg.data_spec(), validation=False)  # the base never depends on the protocol
         for split in [_pretrain_split(cfg)] + [task.load("train", spec) for task in task_list]:
             prompts, answers = split.texts()
             yield from (conversation_text(p, a) for p, a in zip(prompts, answers))

@@ -17,6 +17,7 @@ the leaderboard is regenerated from ``OUT/runs/``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -91,22 +92,40 @@ def parse_seeds(spec: str) -> list[int]:
     return seeds
 
 
-def plan(method_names: list[str], seeds: list[int], preset: str, overrides: dict[str, Any]) -> list[PlannedRun]:
-    """Every (method, seed) in method-major order, with its resolved config, the record it would
+def plan(method_names: list[str], seeds: list[int], preset: str, overrides: dict[str, Any],
+         method_sets: dict[str, dict[str, str]] | None = None) -> list[PlannedRun]:
+    """Every (method, seed) in method-major order, with its resolved config (``method_sets``: a
+    method's ``--set`` values, e.g. the configurations ``bench tune`` chose), the record it would
     duplicate (if any) under ``<out>/runs`` and otherwise the interrupted run it would resume (if any)."""
     planned = []
     for method in method_names:
         for seed in seeds:
-            cfg = build_config(preset, method=method, seed=seed, **overrides)
+            settings = dict((method_sets or {}).get(method, {}))
+            cfg = build_config(preset, method=method, seed=seed, method_set=settings, **overrides)
             planned.append(PlannedRun(method, seed, cfg))
-    if planned:
-        runs_dir = Path(planned[0].config.out) / "runs"
-        index, interrupted = existing_records(runs_dir), resumable_runs(runs_dir)
-        for p in planned:
-            key = config_key(p.config.to_dict())
-            p.existing = index.get(key)
-            p.resume = None if p.existing else interrupted.get(key)
+    index_plan(planned)
     return planned
+
+
+def index_plan(planned: list[PlannedRun]) -> None:
+    """Fill in each planned run's existing record (same config key) or interrupted run to resume."""
+    if not planned:
+        return
+    runs_dir = Path(planned[0].config.out) / "runs"
+    index, interrupted = existing_records(runs_dir), resumable_runs(runs_dir)
+    for p in planned:
+        key = config_key(p.config.to_dict())
+        p.existing = index.get(key)
+        p.resume = None if p.existing else interrupted.get(key)
+
+
+def tuned_sets(path: str | Path) -> dict[str, dict[str, str]]:
+    """method -> the ``--set`` values ``bench tune`` chose (its ``chosen.json``)."""
+    try:
+        chosen = json.loads(Path(path).read_text())
+        return {method: {k: str(v) for k, v in entry["set"].items()} for method, entry in chosen.items()}
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+        raise ConfigError(f"--tuned {path}: not a chosen.json written by python -m bench tune ({e}).") from None
 
 
 def describe_plan(planned: list[PlannedRun]) -> str:
@@ -151,7 +170,9 @@ def execute(planned: list[PlannedRun], *, runner: Callable[..., Path] | None = N
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``sweep`` on the CLI's sub-parsers."""
     sw = sub.add_parser("sweep", help="run several methods x seeds (skipping existing records), then the leaderboard")
-    sw.add_argument("--methods", default="all", help="'all' or comma-separated method names")
+    sw.add_argument("--methods", default=None, help="'all' (default) or comma-separated method names")
+    sw.add_argument("--tuned", metavar="CHOSEN_JSON",
+                    help="run the configurations python -m bench tune chose (default methods: those it tuned)")
     sw.add_argument("--seeds", default="0", help="comma-separated run seeds, e.g. 0,1,2")
     for flag, kwargs in BUDGET_FLAGS:
         sw.add_argument(flag, **kwargs)
@@ -197,8 +218,9 @@ def command(args: argparse.Namespace) -> int:
     from bench.sweeps.jobs import parse_shard, shard, submit  # jobs imports the run loop (torch, accelerate)
 
     part = parse_shard(args.shard)
-    planned = shard(plan(resolve_methods(args.methods), parse_seeds(args.seeds), args.preset,
-                         overrides_from_args(args)), part)
+    sets = tuned_sets(args.tuned) if args.tuned else None
+    names = resolve_methods(args.methods or ("all" if sets is None else ",".join(sets)))
+    planned = shard(plan(names, parse_seeds(args.seeds), args.preset, overrides_from_args(args), sets), part)
     if part:
         print(f"shard {part[0]}/{part[1]}: {len(planned)} run(s) of the sweep", flush=True)
     print(describe_plan(planned), flush=True)

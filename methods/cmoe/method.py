@@ -68,7 +68,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -96,6 +96,7 @@ class CMoEHParams(LoRAExpertHParams):
     probe_lr: float | None = None
     threshold_reading: str = "A"
     threshold_alpha: float = 1.0
+    search: ClassVar[dict[str, tuple]] = {"threshold_alpha": (0.5, 1.0, 1.5), "new_experts": (1, 2)}
     new_experts: int = 2
     new_expert_routing: str = "replace"
     router_init_noise: float = 0.01
