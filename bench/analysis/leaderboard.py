@@ -776,12 +776,13 @@ def render_tuned(records: list[dict[str, Any]], chosen: dict[str, Any] | None) -
     val = chosen.get("validation", {})
     lines += [TUNED_NOTE.format(trials=chosen.get("trials_per_method", "?"), steps=val.get("steps_per_task", "?"),
                                 limit=val.get("limit") or "all"), ""]
-    for i, (gkey, rows) in enumerate(build_groups(tuned_records(records, chosen)), 1):
+    tuned = tuned_records(records, chosen)
+    for i, (gkey, rows) in enumerate(build_groups(tuned), 1):
         for row in rows:
             row.kind = row.kind.replace("ablation", "tuned")
         lines += [f"## Tuned group {i}: {describe_group(gkey)}", "",
                   table_frame(rows).to_markdown(index=False, disable_numparse=True), ""] + _pairwise_section(rows)
-    missing = sorted(set(chosen["methods"]) - {r["method"] for r in tuned_records(records, chosen)})
+    missing = sorted(set(chosen["methods"]) - {r["method"] for r in tuned})
     if missing:
         lines += ["Chosen configurations without a test-protocol record yet (`python -m bench sweep --tuned "
                   "results/tune/chosen.json`): " + ", ".join(missing) + ".", ""]

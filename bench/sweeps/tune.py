@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import methods
+from bench.analysis.leaderboard import PER_RUN_KEYS
 from bench.config import BUDGET_FLAGS, ConfigError, build_config, overrides_from_args
 from bench.io.records import atomic_write_text, read_record
 from bench.sweeps.sweep import PlannedRun, describe_plan, execute, index_plan, resolve_methods
 from methods.base import search_space
 
 CHOSEN_FILE = "chosen.json"
-PER_RUN_KEYS = ("method", "method_set", "seed")
 
 
 @dataclass
