@@ -1,4 +1,4 @@
-"""``python -m bench base {build,show}``: the stage-0 base shipped in ``bench/base/``.
+"""``python -m bench base {build,rekey,show}``: the stage-0 base shipped in ``bench/base/``.
 
 ``build`` trains the tiny preset's tokenizer and stage 0 from scratch in a temporary cache (or in
 ``--cache DIR``, reusing what it holds), packages them as a shipped-base folder (``--out``), and says
@@ -6,6 +6,14 @@ whether the result equals the shipped one (sha256) or by how much its weights di
 replaces ``bench/base/`` with it. Rebuild whenever ``tests/bench/test_base_model.py``'s key test
 fails: a changed caption generator or task generator (tokenizer corpus), stage-0 recipe or tiny
 backbone gives another key, and every first run would train stage 0 again.
+
+``rekey`` renames the shipped base to the current code's key when an edit of the generator package
+(``tasks/synthetic``) moved the key but not what stage 0 is trained on: it trains the tokenizer and
+renders the caption records from the current code in a temporary cache (no stage-0 training) and
+re-keys only if the tokenizer files equal the shipped ones (sha256), the captions have the shipped
+fingerprint and no other key input changed. Stage-0 weights depend on the machine's floating-point
+kernels, so a rebuild elsewhere need not reproduce the shipped file; re-keying keeps the weights every
+committed record was run on.
 
 ``show`` prints the manifest and whether the current code's key for the default tiny config is
 still the shipped one.
@@ -43,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "holds for the key is reused, not retrained)")
     b.add_argument("--write", action="store_true", help="replace the shipped files in bench/base/ with the result")
     b.set_defaults(func=cmd_build)
+    r = s.add_parser("rekey", help="rename the shipped base to the current key when only the generator "
+                                    "package's source moved it (tokenizer and captions checked identical)")
+    r.set_defaults(func=cmd_rekey)
     sh = s.add_parser("show", help="print the shipped base's manifest and whether the code's key still matches it")
     sh.add_argument("--json", action="store_true", help="print the manifest as JSON only")
     sh.set_defaults(func=cmd_show)
@@ -92,6 +103,7 @@ def package(cfg, task_list, dest: Path) -> dict[str, Any]:
         "key_inputs": plan.key_inputs,
         "tokenizer": {"hash": plan.tokenizer_hash, "inputs": plan.tokenizer_inputs},
         "stage0": meta,
+        "data_sha256": bm.caption_fingerprint(cfg),
         "files": files,
         "built_with": _versions(),
     }
@@ -186,6 +198,32 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"wrote {bm.SHIPPED_DIR}; commit it (git add bench/base) together with the change that moved the key")
     elif not same:
         print(f"to ship it: python -m bench base build --write (or copy {out} over bench/base)")
+    return 0
+
+
+def cmd_rekey(args: argparse.Namespace) -> int:
+    manifest = bm.read_manifest()
+    if manifest is None:
+        raise bm.BaseModelError(f"no shipped base to re-key: {bm.SHIPPED_DIR / bm.MANIFEST_NAME} is missing")
+    with tempfile.TemporaryDirectory(prefix="cmb-base-rekey-") as tmp:
+        cfg = _default_cfg(Path(tmp))
+        task_list = ordered_tasks(cfg)
+        plan = bm.plan_base(cfg, task_list)
+        if plan.source == "shipped":
+            print(f"the shipped base already has the current key {plan.key}; nothing to do")
+            return 0
+        print("base rekey: training the tokenizer and rendering the captions from the current code", flush=True)
+        plan = bm.ensure_tokenizer(cfg, task_list, bm.plan_base(cfg, task_list, use_shipped=False))
+        tokenizer_sha = {f.name: bm.sha256_file(f) for f in sorted(plan.tokenizer_dir.iterdir())}
+        new = bm.rekeyed_manifest(manifest, plan, tokenizer_sha, bm.caption_fingerprint(cfg))
+        out = Path(tmp) / "base"
+        for name, old_name in zip(new["files"], manifest["files"]):  # the same files, in the same order
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(bm.SHIPPED_DIR / old_name, out / name)
+        (out / bm.MANIFEST_NAME).write_text(json.dumps(new, indent=1, sort_keys=True) + "\n")
+        install(out, bm.SHIPPED_DIR)
+    print(f"re-keyed {bm.SHIPPED_DIR}: {manifest['key']} -> {new['key']} (tokenizer {new['tokenizer']['hash']}); "
+          "the weights are unchanged; commit bench/base with the change that moved the key")
     return 0
 
 

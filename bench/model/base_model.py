@@ -17,7 +17,9 @@ Where the weights come from, in this order (:func:`plan_base` decides, :func:`lo
 
 Every key is computed without rendering any data (:func:`pretrain_source`), so deciding costs
 nothing. When the shipped base does not fit, the plan says in one line which inputs of the key
-differ (:func:`why_not_shipped`). ``python -m bench base build`` rebuilds the shipped folder.
+differ (:func:`why_not_shipped`). ``python -m bench base build`` rebuilds the shipped folder;
+``python -m bench base rekey`` renames it when only the generator package's source moved the key
+(same tokenizer, same caption records: :func:`rekeyed_manifest`).
 """
 from __future__ import annotations
 
@@ -220,6 +222,57 @@ def _category(path: str) -> str:
 def _short(v: Any) -> str:
     text = json.dumps(v, default=str) if not isinstance(v, str) else v
     return text if len(text) <= 24 else text[:21] + "..."
+
+
+def caption_fingerprint(cfg: RunConfig) -> str:
+    """sha256 over the stage-0 caption records as rendered, in order (every field; images as mode,
+    size and pixels): equal fingerprints mean stage 0 was trained on the same data."""
+    digest = hashlib.sha256()
+    for row in _pretrain_split(cfg).dataset:
+        for name in sorted(row):
+            value = row[name]
+            digest.update(name.encode() + b"\0")
+            if hasattr(value, "tobytes"):  # a decoded image
+                digest.update(f"{value.mode}{value.size}".encode() + value.tobytes())
+            else:
+                digest.update(repr(value).encode())
+    return digest.hexdigest()
+
+
+# The key inputs a source edit moves without changing what stage 0 is trained on: the generator
+# package's source digest, and the tokenizer's name (a hash of inputs that include that digest).
+_SOURCE_ONLY = ("code_digest", "backbone.tokenizer")
+
+
+def rekeyed_manifest(manifest: dict[str, Any], plan: "BasePlan", tokenizer_sha: dict[str, str],
+                     data_sha256: str) -> dict[str, Any]:
+    """The shipped manifest under ``plan``'s key, for a code change that moved the key but not the
+    inputs: only source digests may differ, the tokenizer trained now must equal the shipped one file
+    by file (sha256) and the caption records must have the shipped fingerprint. Raises
+    :class:`BaseModelError` naming what differs otherwise (then the base must be rebuilt)."""
+    # as the manifest stores them (JSON: integer keys become strings)
+    key_inputs, tok_inputs = json.loads(json.dumps(plan.key_inputs)), json.loads(json.dumps(plan.tokenizer_inputs))
+    diffs = _diff({"tokenizer": manifest["tokenizer"]["inputs"], **manifest["key_inputs"]},
+                  {"tokenizer": tok_inputs, **key_inputs})
+    other = [path for path, _, _ in diffs if not path.endswith(_SOURCE_ONLY)]
+    shipped_tok = {name.rsplit("/", 1)[-1]: manifest["files"][name]["sha256"]
+                   for name in tokenizer_files(manifest, manifest["tokenizer"]["hash"])}
+    problems = ([f"inputs other than source digests differ ({', '.join(other)})"] if other else [])
+    if tokenizer_sha != shipped_tok:
+        problems.append("the tokenizer trained from the current code differs from the shipped one")
+    if manifest.get("data_sha256") not in (None, data_sha256):
+        problems.append(f"the caption records differ (fingerprint {data_sha256[:12]}, shipped "
+                        f"{manifest['data_sha256'][:12]})")
+    elif manifest.get("data_sha256") is None:
+        problems.append("the shipped manifest has no caption fingerprint (data_sha256) to compare with")
+    if problems:
+        raise BaseModelError("cannot re-key the shipped base: " + "; ".join(problems) + f"; rebuild it: {REBUILD_HINT}")
+    old_weights, new_weights = shipped_weights_name(manifest["key"]), shipped_weights_name(plan.key)
+    old_tok, new_tok = shipped_tokenizer_dir(manifest["tokenizer"]["hash"]), shipped_tokenizer_dir(plan.tokenizer_hash)
+    files = {new_weights if name == old_weights else name.replace(old_tok + "/", new_tok + "/", 1): entry
+             for name, entry in manifest["files"].items()}
+    return {**manifest, "key": plan.key, "key_inputs": key_inputs, "files": files,
+            "tokenizer": {"hash": plan.tokenizer_hash, "inputs": tok_inputs}}
 
 
 def why_not_shipped(manifest: dict[str, Any] | None, tok_inputs: dict[str, Any], key_inputs: dict[str, Any]) -> str:

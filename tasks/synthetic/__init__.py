@@ -1,7 +1,7 @@
 """coin-mini: the eight CoIN tasks generated offline, deterministically from a data seed.
 
 ``load_split(task, split, spec)`` is what :meth:`tasks.base.Task.load` calls when no data root is given.
-Each task has one generator module (spec coin.md Part A, "coin-mini: one generator per CoIN task type");
+Each CoIN task type has one generator module here, named after the task;
 ``captions.pretrain_records`` is the caption mix the base model is pre-trained on.
 
 Determinism and disjointness: record ``i`` of a split comes from one ``random.Random`` stream seeded by

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 
 from tasks.base import TaskSplit
+from tasks.synthetic import build_split
 from tasks.synthetic.draw import Digits, Rect, Scene, Shape, Text, rgb
 from tasks.synthetic.layout import Obj, Sample, background, box_string, cell_box, random_objects, scene_of, weighted
 from tasks.synthetic.ocrvqa import cover
@@ -175,6 +176,4 @@ def generate(rng: random.Random, size: int) -> Sample:
 
 def pretrain_records(n: int, seed: int, image_size: int, cache_dir: str | None = None) -> TaskSplit:
     """``n`` caption records (task "pretrain", split "train"), rendered once and cached like the tasks."""
-    from tasks.synthetic import build_split
-
     return build_split("pretrain", "train", generate, lambda question: question, n, seed, image_size, cache_dir)

@@ -3,6 +3,8 @@ nothing; its key follows the code; its files are what the manifest says; a confi
 trains stage 0 and says why in one line. No test here trains stage 0."""
 from __future__ import annotations
 
+import copy
+
 import json
 import shutil
 
@@ -31,9 +33,49 @@ def test_shipped_base_key_is_what_the_code_computes(tmp_path):
     assert manifest is not None, "bench/base/manifest.json is missing: run `python -m bench base build --write`"
     plan = _plan(_default(tmp_path))
     assert plan.source == "shipped" and plan.key == manifest["key"], (
-        f"the default tiny config no longer uses the shipped stage-0 base: {plan.reason}. Rebuild it with "
-        "`python -m bench base build --write` (about 15 min on 2 cores) and commit bench/base/.")
+        f"the default tiny config no longer uses the shipped stage-0 base: {plan.reason}. If only the generator "
+        "package's source moved the key, `python -m bench base rekey` renames it (20 s); otherwise rebuild it with "
+        "`python -m bench base build --write` (about 15 min on 2 cores). Commit bench/base/.")
     assert plan.tokenizer_source == "shipped"
+
+
+def _moved(manifest, **inputs_changes):
+    """A plan for the shipped manifest's inputs with the generator digest moved (and ``inputs_changes``
+    applied to the stage-0 recipe)."""
+    key_inputs, tok_inputs = copy.deepcopy(manifest["key_inputs"]), copy.deepcopy(manifest["tokenizer"]["inputs"])
+    key_inputs["data"]["code_digest"] = tok_inputs["pretrain"]["code_digest"] = "feedfacefeedface"
+    key_inputs["backbone"]["tokenizer"] = "0123456789ab"
+    key_inputs["stage0"].update(inputs_changes)
+    return bm.BasePlan(source="train", tokenizer_hash="0123456789ab", tokenizer_inputs=tok_inputs, key="ba5eba5eba5e",
+                       key_inputs=key_inputs)
+
+
+def _shipped_tokenizer_sha(manifest):
+    return {n.rsplit("/", 1)[-1]: manifest["files"][n]["sha256"]
+            for n in bm.tokenizer_files(manifest, manifest["tokenizer"]["hash"])}
+
+
+def test_rekey_renames_the_shipped_files_when_only_the_source_digest_moved():
+    manifest = bm.read_manifest()
+    new = bm.rekeyed_manifest(manifest, _moved(manifest), _shipped_tokenizer_sha(manifest), manifest["data_sha256"])
+    assert new["key"] == "ba5eba5eba5e" and new["tokenizer"]["hash"] == "0123456789ab"
+    assert new["files"]["stage0/ba5eba5eba5e.safetensors"] == manifest["files"][f"stage0/{manifest['key']}.safetensors"]
+    assert sorted(e["sha256"] for e in new["files"].values()) == sorted(e["sha256"] for e in manifest["files"].values())
+    assert all(n.startswith(("stage0/ba5eba5eba5e", "tokenizers/0123456789ab/")) for n in new["files"])
+    assert new["stage0"] == manifest["stage0"] and new["data_sha256"] == manifest["data_sha256"]
+
+
+@pytest.mark.parametrize("change, words", [("recipe", "stage0.steps"), ("tokenizer", "tokenizer trained"),
+                                           ("captions", "caption records differ")])
+def test_rekey_refuses_when_what_stage_0_learns_from_changed(change, words):
+    manifest = bm.read_manifest()
+    plan = _moved(manifest, steps=manifest["key_inputs"]["stage0"]["steps"] + 1) if change == "recipe" else _moved(manifest)
+    tok = _shipped_tokenizer_sha(manifest)
+    if change == "tokenizer":
+        tok = {**tok, "tokenizer.json": "0" * 64}
+    data = "f" * 64 if change == "captions" else manifest["data_sha256"]
+    with pytest.raises(bm.BaseModelError, match=words):
+        bm.rekeyed_manifest(manifest, plan, tok, data)
 
 
 def test_manifest_sha256_matches_the_shipped_files():
