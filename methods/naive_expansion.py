@@ -29,11 +29,12 @@ from torch import nn
 
 import torch
 
-from bench.moe import LinearRouter, MoEFFN
+from bench.moe import LinearRouter, MoEFFN, measure_usage, subset_loader
 from methods import register
 from methods.moe_base import LoRAExpertHParams, MoEMethod, lora_experts
 
 NEW_ROW_INITS = ("zero", "kaiming")
+GROWTHS = ("fresh", "copy")
 
 
 @dataclass
@@ -42,6 +43,9 @@ class NaiveExpansionHParams(LoRAExpertHParams):
     search: ClassVar[dict[str, tuple]] = {"experts_per_task": (2, 4)}
     new_row_init: str = "zero"
     train_old_rows: bool = True
+    growth: str = "fresh"
+    usage_fraction: float = 0.1
+    router_init_noise: float = 0.01
 
     def validate(self) -> None:
         super().validate()
@@ -50,6 +54,12 @@ class NaiveExpansionHParams(LoRAExpertHParams):
         if self.top_k > self.experts_per_task:
             # task 1 has only K experts to choose from
             raise ValueError(f"top_k={self.top_k} exceeds experts_per_task={self.experts_per_task}")
+        if self.growth not in GROWTHS:
+            raise ValueError(f"growth must be one of {', '.join(GROWTHS)}, got {self.growth!r}")
+        if not 0 < self.usage_fraction <= 1:
+            raise ValueError(f"usage_fraction must be in (0, 1], got {self.usage_fraction}")
+        if self.router_init_noise < 0:
+            raise ValueError(f"router_init_noise must be >= 0, got {self.router_init_noise}")
         if self.new_row_init not in NEW_ROW_INITS:
             raise ValueError(f"new_row_init must be one of {', '.join(NEW_ROW_INITS)}, got {self.new_row_init!r}")
 
@@ -79,6 +89,7 @@ class NaiveExpansion(MoEMethod):
     def __init__(self, hparams: NaiveExpansionHParams | None = None):
         super().__init__(hparams)
         self.tasks_seen = 0  # expansions done: the layers hold tasks_seen * K experts
+        self.sources: dict[int, list[int]] | None = None  # the last growth's copy sources ("copy")
 
     def build_layer(self, index: int, mlp: nn.Module) -> MoEFFN:
         """Task 1's K LoRA experts on the frozen FFN and a K-row router (dropless top-k)."""
@@ -87,32 +98,50 @@ class NaiveExpansion(MoEMethod):
         router = LinearRouter(experts.d_in, hp.experts_per_task, device=mlp.gate_proj.weight.device)
         return MoEFFN(experts, router, top_k=hp.top_k, dispatch=hp.dispatch)
 
-    def _expand(self) -> None:
-        """One task's growth: K new experts and K new router rows per layer, everything older frozen."""
+    def _expand(self, sources: dict[int, list[int]] | None = None) -> None:
+        """One task's growth: K new experts and K new router rows per layer, everything older frozen.
+        ``sources`` (growth "copy"): per layer, the K old experts the new ones copy, rows included."""
         if not self.layers:
             self.install(self.model)
         else:
             K = self.hp.experts_per_task
             self.freeze_moe()
-            for layer in self.layers.values():
-                layer.experts.append(K)
-                layer.router.append_rows(K)  # its own parameter group: frozen as a whole next task
-                if self.hp.new_row_init == "zero":
-                    with torch.no_grad():
-                        layer.router.groups[-1].zero_()
+            for i, layer in self.layers.items():
+                if sources is None:
+                    layer.experts.append(K)
+                    layer.router.append_rows(K)  # its own parameter group: frozen as a whole next task
+                    if self.hp.new_row_init == "zero":
+                        with torch.no_grad():
+                            layer.router.groups[-1].zero_()
+                else:
+                    for source in sources[i]:
+                        layer.experts.append(1, copy_from=source)
+                    rows = layer.router.weight.detach()[sources[i]]
+                    noise = self.hp.router_init_noise * float(rows.float().std(unbiased=False))
+                    layer.router.append_rows(K, copy_from=sources[i], noise_std=noise)
         if self.hp.train_old_rows:
             for layer in self.layers.values():
                 layer.router.unfreeze()
         self.tasks_seen += 1
 
     def begin_task(self, task_index: int, task, train_loader) -> None:
-        self._expand()
+        sources = None
+        if self.hp.growth == "copy" and self.layers:
+            subset = subset_loader(train_loader, self.hp.usage_fraction, seed=self.ctx.run_seed * 1000 + task_index)
+            usage = measure_usage(self.model, self.layers, subset, self.ctx.device, lambda batch: None)
+            # the K experts the new task's tokens use most, most used first (ties keep the lower id)
+            sources = {i: torch.argsort(f, descending=True, stable=True)[: self.hp.experts_per_task].tolist()
+                       for i, f in usage.items()}
+        self.sources = sources
+        self._expand(sources)
         self.reset_usage()
 
     # --- reporting -------------------------------------------------------------------------------
     def task_report(self) -> dict[str, Any]:
         report = super().task_report()
         report["tasks_seen"] = self.tasks_seen
+        if self.sources is not None:
+            report["copy_sources"] = {str(i): src for i, src in self.sources.items()}
         return report
 
     # --- resume ----------------------------------------------------------------------------------

@@ -31,3 +31,18 @@ def test_readme_example_method_runs(tiny_config):
     assert record["hparams"] == {"layers": 2, "lr_scale": 1.0}  # lr_scale: every method's base hyper-parameter
     trained = record["parameters"][0]["trained"]
     assert 0 < trained < 1000  # two RMSNorm gain vectors per decoder layer, top 2 layers only
+
+
+def test_the_layout_section_names_every_folder():
+    """A newcomer finds any part from the README alone: every top-level folder and every folder one
+    level inside bench/, methods/ and tasks/ appears (as ``name/``) in the Layout block."""
+    text = README.read_text()
+    match = re.search(r"## Layout\n\n```\n(.*?)```", text, re.S)
+    assert match, "README lost its Layout block"
+    layout = match.group(1)
+    root = README.parent
+    folders = [p for p in ("bench", "methods", "tasks", "results", "docs", "tests")]
+    folders += [f"{top}/{p.name}" for top in ("bench", "methods", "tasks") for p in sorted((root / top).iterdir())
+                if p.is_dir() and not p.name.startswith((".", "_"))]
+    missing = [f for f in folders if f"{f.rsplit('/', 1)[-1]}/" not in layout]
+    assert missing == []

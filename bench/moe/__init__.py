@@ -10,6 +10,7 @@ layer.py     MoEFFN, the layer that replaces a decoder FFN; helpers over all MoE
 install.py   decoder_layers, select_moe_layers, install_moe
 evolution.py EvoMoE's expert evolution (EMA / scaled-update readings, seeded beta sampler)
 diversity.py expert diversity: mean pairwise cosine distance of expert weights
+usage.py     expert usage of a task's tokens (a seeded subset, one forward-only pass)
 """
 from bench.moe.diversity import diversity_report, expert_diversity
 from bench.moe.dispatch import dispatch_eager, dispatch_sorted
@@ -20,6 +21,7 @@ from bench.moe.install import decoder_layers, install_moe, select_moe_layers
 from bench.moe.layer import (MoEFFN, collect_aux_loss, moe_layers_of, set_router_choice,
                              set_token_types)
 from bench.moe.routers import HyperRouter, LinearRouter, TokenHypernet
+from bench.moe.usage import measure_usage, subset_loader
 
 __all__ = [
     "ExpertSet", "FFNExperts", "LoRAExperts", "LoRADelta", "LoRAFFNExpert", "LoRAFFNExperts", "SwiGLUExpert",
@@ -28,4 +30,5 @@ __all__ = [
     "dispatch_eager", "dispatch_sorted",
     "MoEFFN", "moe_layers_of", "collect_aux_loss", "set_token_types", "set_router_choice",
     "decoder_layers", "select_moe_layers", "install_moe", "diversity_report", "expert_diversity",
+    "measure_usage", "subset_loader",
 ]

@@ -74,10 +74,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bench.moe import LinearRouter, MoEFFN, set_router_choice
+from bench.moe import LinearRouter, MoEFFN, measure_usage, set_router_choice, subset_loader
 from methods import register
 from methods.cmoe.pgke import (READINGS, ROUTINGS, attach_probe, detach_probe, expand_layer, expansion_thresholds,
-                               layers_to_expand, measure_usage, subset_loader)
+                               layers_to_expand)
 from methods.cmoe.ptl import BaseFeatureCache, TaskLocator, base_last_token_features, fit_task_vae
 from methods.base import TrainingPhase, trainable_parameters
 from methods.moe_base import LoRAExpertHParams, MoEMethod, lora_experts

@@ -16,11 +16,7 @@ probe subset (attention mask), prompt and answer, image tokens included [INFERRE
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
-
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, Subset
+from typing import Mapping, Sequence
 
 from bench.moe import LinearRouter, MoEFFN
 
@@ -105,47 +101,3 @@ def expand_layer(layer: MoEFFN, prev_router: int, sources: Sequence[int] | None,
         if routing == "replace":
             router.mask_rows([source])
     return layer.add_router(router)
-
-
-# --------------------------------------------------------------------------------------------------
-# data and measurement
-# --------------------------------------------------------------------------------------------------
-def subset_loader(loader: DataLoader, fraction: float, seed: int) -> DataLoader:
-    """A loader over a random ``fraction`` of ``loader``'s dataset (at least one record), same batch
-    size and collate function, its own shuffling generator (the task loader's order is untouched)."""
-    n = len(loader.dataset)
-    size = max(1, min(n, math.ceil(fraction * n)))
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(n, generator=gen)[:size].tolist()
-    batch_size = loader.batch_size or 1
-    return DataLoader(Subset(loader.dataset, idx), batch_size=batch_size, shuffle=True,
-                      drop_last=size >= batch_size, generator=torch.Generator().manual_seed(seed + 1),
-                      collate_fn=loader.collate_fn)
-
-
-@torch.no_grad()
-def measure_usage(model: nn.Module, layers: Mapping[int, MoEFFN], loader, device: torch.device,
-                  prepare: Callable[[dict[str, Any]], None]) -> dict[int, torch.Tensor]:
-    """Per MoE layer, f_{l,e} over the real (attention-mask) tokens of one pass over ``loader``, with
-    the routers ``prepare(batch)`` selects. Padding is excluded, which ``MoEFFN.usage_counts`` cannot do
-    (it counts every position), so the counts come from each forward's ``last_output``."""
-    counts = {i: torch.zeros(m.experts.num_experts, dtype=torch.float64) for i, m in layers.items()}
-    tokens = 0
-    inner = getattr(model, "model", model)  # hidden states suffice: skip the LM head
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in loader:
-            batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            prepare(batch)
-            kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values") if k in batch}
-            inner(**kwargs, use_cache=False)
-            real = batch["attention_mask"].reshape(-1).bool()
-            tokens += int(real.sum())
-            for i, m in layers.items():
-                out = m.last_output
-                hit = out.kept & real.unsqueeze(1)
-                counts[i] += torch.bincount(out.expert_index[hit], minlength=counts[i].numel()).double().cpu()
-    finally:
-        model.train(was_training)
-    return {i: c / max(1, tokens) for i, c in counts.items()}

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from bench.moe import LinearRouter, LoRAExperts, MoEFFN, SwiGLUExpert
-from methods.cmoe.pgke import (attach_probe, detach_probe, expand_layer, expansion_thresholds,
-                               layers_to_expand, subset_loader)
+from methods.cmoe.pgke import attach_probe, detach_probe, expand_layer, expansion_thresholds, layers_to_expand
 
 from cmoe_tiny import one_thread  # noqa: F401  (autouse: single-threaded module)
 
@@ -111,14 +110,3 @@ def test_replace_routing_starts_as_the_previous_task_router():
             assert torch.equal(a, b)
     layer.set_router_choice(idx)
     torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-6)
-
-
-def test_probe_subset_is_a_reproducible_tenth():
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(list(range(48)), batch_size=8, shuffle=True)
-    sub = subset_loader(loader, 0.1, seed=3)
-    assert len(sub.dataset) == 5 and not sub.drop_last
-    again = subset_loader(loader, 0.1, seed=3)
-    assert list(sub.dataset.indices) == list(again.dataset.indices)
-    assert len(subset_loader(loader, 0.001, seed=3).dataset) == 1
