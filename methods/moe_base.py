@@ -54,15 +54,16 @@ class LoRAExpertHParams(MoEHParams):
                  "delta": one LoRA map from the FFN input added to the FFN output
                  (``bench.moe.LoRAExperts``), which learns little per task on the tiny preset.
     moe_layers   "all": every decoder layer, so probing has layers to choose between.
-    lora_rank / lora_alpha / lora_init   r, α (scale α/r, CoIN's α = 2r) and A's init (B = 0).
+    lora_rank / lora_alpha / lora_init   r, α (scale α/r, CoIN's α = 2r) and A's init (B = 0). r = 32 is
+                 seq-ft's rank: a rank-16 LoRA on the FFN alone stays at OCR-VQA's constant answer.
     """
 
     moe_layers: str = "all"
     expert_type: str = "lora-ffn"
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
+    lora_rank: int = 32
+    lora_alpha: float = 64.0
     lora_init: str = "kaiming"
-    search: ClassVar[dict[str, tuple]] = {"lora_rank": (8, 16, 32)}
+    search: ClassVar[dict[str, tuple]] = {"lora_rank": (16, 32, 64)}
 
     def validate(self) -> None:
         super().validate()

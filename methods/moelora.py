@@ -27,13 +27,13 @@ from methods.base import ContinualMethod, MethodHParams
 @dataclass
 class MoELoRAHParams(MethodHParams):
     num_experts: int = 8
-    rank: int = 16
-    alpha: float = 32.0
+    rank: int = 32
+    alpha: float = 64.0
     dropout: float = 0.0
     lora_init: str = "kaiming"
     targets: tuple[str, ...] = DECODER_LINEARS
     lr_scale: float = 2.0
-    search: ClassVar[dict[str, tuple]] = {"lr_scale": (1.0, 2.0, 4.0), "rank": (8, 16, 32), "num_experts": (4, 8)}
+    search: ClassVar[dict[str, tuple]] = {"lr_scale": (1.0, 2.0, 4.0), "rank": (16, 32, 64), "num_experts": (4, 8)}
 
     def validate(self) -> None:
         super().validate()
@@ -54,10 +54,10 @@ class MoELoRA(ContinualMethod):
 
     Hyper-parameters (``--set key=value``):
         num_experts=8      N, CoIN's ``expert_num``.
-        rank=16            total rank r, split into N experts of r / N = 2 [INFERRED: CoIN uses r = 128 on a
-                           7B model; 16 is seq-ft's rank on the d=128 tiny decoder, so both baselines hold
+        rank=32            total rank r, split into N experts of r / N = 4 [INFERRED: CoIN uses r = 128 on a
+                           7B model; 32 is seq-ft's rank on the d=128 tiny decoder, so both baselines hold
                            the same LoRA parameter budget].
-        alpha=32.0         scale alpha / r = 2, as CoIN's 256 / 128.
+        alpha=64.0         scale alpha / r = 2, as CoIN's 256 / 128.
         dropout=0.0        LoRA dropout on the experts' input (not the router's, as in CoIN's forward);
                            0 as seq-ft here (LLaVA's training script defaults to 0.05).
         lora_init="kaiming"  A's init; B = 0 either way, so the model starts as the base model. Deviation:

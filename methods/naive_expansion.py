@@ -8,13 +8,13 @@ gate, up and down):
 
     p   = softmax([W_1; ...; W_t] h)             one shared router, K rows appended per task
     y   = sum_{e in TopK(p)} (p_e / sum_{TopK} p) * FFN_e(h)
-    L   = CE + aux_loss_coef * sum_l E_l * sum_e f_e P_e
+    L   = CE (+ aux_loss_coef * sum_l E_l * sum_e f_e P_e, off by default)
 
-For task t, every layer appends K fresh experts (B = 0: each starts as the dense FFN, a working
-expert) and K router rows that start at zero (logit 0 for every token, so they do not outbid the rows
-the old experts were trained with; ``new_row_init=kaiming`` gives fresh rows at the old rows' scale).
-The experts of tasks 1..t-1 are frozen and stay bit-identical; the router, old rows included, trains
-on the new task (``train_old_rows=false`` freezes the old rows). Parameters grow linearly with the
+For task t, every layer appends K fresh experts (B = 0: each starts as the dense FFN, an expert that
+already answers, so it may take tokens at once) and K router rows at ``nn.Linear``'s init, the old
+rows' scale (``new_row_init=zero``: logit 0 for every token). The experts of tasks 1..t-1 are frozen
+and stay bit-identical; the router, old rows included, trains on the new task
+(``train_old_rows=false`` freezes the old rows). Parameters grow linearly with the
 number of tasks. Because every task's tokens are routed by one softmax over all rows trained on the
 latest task, old tasks' tokens drift towards new experts: the failure mode this baseline exists to show.
 
@@ -40,8 +40,9 @@ GROWTHS = ("fresh", "copy")
 @dataclass
 class NaiveExpansionHParams(LoRAExpertHParams):
     experts_per_task: int = 2
-    search: ClassVar[dict[str, tuple]] = {"experts_per_task": (2, 4)}
-    new_row_init: str = "zero"
+    aux_loss_coef: float = 0.0
+    search: ClassVar[dict[str, tuple]] = {"experts_per_task": (2, 4), "aux_loss_coef": (0.0, 0.001, 0.01)}
+    new_row_init: str = "kaiming"
     train_old_rows: bool = True
     growth: str = "fresh"
     usage_fraction: float = 0.1
@@ -70,13 +71,21 @@ class NaiveExpansion(MoEMethod):
 
     Hyper-parameters (``--set key=value``; [INFERRED] where no source fixes them):
         experts_per_task=2     K: the same K and type as LLaVA-CMoE's task-1 experts (N0 = 2).
-        expert_type="lora-ffn", lora_rank=16, lora_alpha=32.0, lora_init="kaiming"   the expert
+        expert_type="lora-ffn", lora_rank=32, lora_alpha=64.0, lora_init="kaiming"   the expert
                                (``LoRAExpertHParams``): K experts on every layer train ~1.2x seq-ft's
                                LoRA per task (r = seq-ft's rank, alpha = 2r as CoIN).
-        new_row_init="zero"    [INFERRED] new router rows start at zero; "kaiming" = nn.Linear's init.
+        new_row_init="kaiming" [INFERRED] new router rows at nn.Linear's init. "zero" (logit 0) loses the
+                               top-k to every old row with a positive logit and, top-k passing no gradient
+                               to unselected rows, keeps losing: with more old experts the new ones see
+                               ever fewer of the new task's tokens.
+        aux_loss_coef=0.0      [INFERRED] no load balancing. The Switch loss balances a layer's tokens over
+                               all its E = tK experts, frozen ones included, so it drives the K trainable
+                               experts towards K/E = 1/t of the assignments and the new task onto experts
+                               that cannot learn it (measured: near-uniform utilisation over all experts,
+                               and ImageNet / GQA at chance right after training on them).
         train_old_rows=True    the router trains as a whole on each task, as the literature runs it;
                                false freezes old rows (old experts stay frozen either way).
-        top_k=2, aux_loss_coef=0.01, moe_layers="all", dispatch="fast"; routing is dropless.
+        top_k=2, moe_layers="all", dispatch="fast"; routing is dropless.
 
     [INFERRED] the first K experts are created in ``begin_task`` of task 1, so row 0 of the accuracy
     matrix is the dense base.

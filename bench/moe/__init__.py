@@ -21,7 +21,7 @@ from bench.moe.install import decoder_layers, install_moe, select_moe_layers
 from bench.moe.layer import (MoEFFN, collect_aux_loss, moe_layers_of, set_router_choice,
                              set_token_types)
 from bench.moe.routers import HyperRouter, LinearRouter, TokenHypernet
-from bench.moe.usage import measure_usage, subset_loader
+from bench.moe.usage import USAGE_TOKENS, measure_usage, subset_loader
 
 __all__ = [
     "ExpertSet", "FFNExperts", "LoRAExperts", "LoRADelta", "LoRAFFNExpert", "LoRAFFNExperts", "SwiGLUExpert",
@@ -30,5 +30,5 @@ __all__ = [
     "dispatch_eager", "dispatch_sorted",
     "MoEFFN", "moe_layers_of", "collect_aux_loss", "set_token_types", "set_router_choice",
     "decoder_layers", "select_moe_layers", "install_moe", "diversity_report", "expert_diversity",
-    "measure_usage", "subset_loader",
+    "USAGE_TOKENS", "measure_usage", "subset_loader",
 ]

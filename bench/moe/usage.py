@@ -2,7 +2,13 @@
 probing, copy-initialised expansion): a seeded subset of a task's training records and one
 forward-only pass counting top-k assignments over the real tokens.
 
-    f_{l,e} = (1/N_tok) sum_{real tokens} 1[e in TopK(p_l)]
+    f_{l,e} = (1/N_tok) sum_{counted tokens} 1[e in TopK(p_l)]
+
+Which tokens count (``tokens``): "all" = every real (attention-mask) token, image and prompt included;
+"loss" = the positions whose next token is supervised (the last prompt token and the answer tokens
+before the last), i.e. the positions whose top-layer output the task's loss reads. In the top decoder
+layer a router row receives gradient only from those positions, so over all tokens a top-layer
+frequency mostly measures how the row was initialised, not what the task asks of the layer.
 """
 from __future__ import annotations
 
@@ -14,6 +20,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from bench.moe.layer import MoEFFN
+from bench.train.data import IGNORE
+
+USAGE_TOKENS = ("all", "loss")
+
+
+def counted_positions(batch: Mapping[str, torch.Tensor], tokens: str) -> torch.Tensor:
+    """[B, T] bool: the positions ``measure_usage`` counts (see the module docstring)."""
+    real = batch["attention_mask"].bool()
+    if tokens == "all":
+        return real
+    supervised = torch.zeros_like(real)
+    supervised[:, :-1] = batch["labels"][:, 1:] != IGNORE  # position t predicts token t + 1
+    return supervised & real
+
 
 def subset_loader(loader: DataLoader, fraction: float, seed: int) -> DataLoader:
     """A loader over a random ``fraction`` of ``loader``'s dataset (at least one record), same batch
@@ -30,10 +50,13 @@ def subset_loader(loader: DataLoader, fraction: float, seed: int) -> DataLoader:
 
 @torch.no_grad()
 def measure_usage(model: nn.Module, layers: Mapping[int, MoEFFN], loader, device: torch.device,
-                  prepare: Callable[[dict[str, Any]], None]) -> dict[int, torch.Tensor]:
-    """Per MoE layer, f_{l,e} over the real (attention-mask) tokens of one pass over ``loader``, with
-    the routers ``prepare(batch)`` selects. Padding is excluded, which ``MoEFFN.usage_counts`` cannot do
-    (it counts every position), so the counts come from each forward's ``last_output``."""
+                  prepare: Callable[[dict[str, Any]], None], tokens: str = "all") -> dict[int, torch.Tensor]:
+    """Per MoE layer, f_{l,e} over the counted tokens (``tokens``: "all" or "loss", module docstring)
+    of one pass over ``loader``, with the routers ``prepare(batch)`` selects. Padding is excluded, which
+    ``MoEFFN.usage_counts`` cannot do (it counts every position), so the counts come from each
+    forward's ``last_output``."""
+    if tokens not in USAGE_TOKENS:
+        raise ValueError(f"tokens must be one of {', '.join(USAGE_TOKENS)}, got {tokens!r}")
     counts = {i: torch.zeros(m.experts.num_experts, dtype=torch.float64) for i, m in layers.items()}
     tokens = 0
     inner = getattr(model, "model", model)  # hidden states suffice: skip the LM head
@@ -45,7 +68,7 @@ def measure_usage(model: nn.Module, layers: Mapping[int, MoEFFN], loader, device
             prepare(batch)
             kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values") if k in batch}
             inner(**kwargs, use_cache=False)
-            real = batch["attention_mask"].reshape(-1).bool()
+            real = counted_positions(batch, tokens).reshape(-1)
             tokens += int(real.sum())
             for i, m in layers.items():
                 out = m.last_output

@@ -74,7 +74,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bench.moe import LinearRouter, MoEFFN, measure_usage, set_router_choice, subset_loader
+from bench.moe import USAGE_TOKENS, LinearRouter, MoEFFN, measure_usage, set_router_choice, subset_loader
 from methods import register
 from methods.cmoe.pgke import (READINGS, ROUTINGS, attach_probe, detach_probe, expand_layer, expansion_thresholds,
                                layers_to_expand)
@@ -96,6 +96,7 @@ class CMoEHParams(LoRAExpertHParams):
     probe_lr: float | None = None
     threshold_reading: str = "A"
     threshold_alpha: float = 1.0
+    probe_tokens: str = "all"
     search: ClassVar[dict[str, tuple]] = {"threshold_alpha": (0.5, 1.0, 1.5), "new_experts": (1, 2)}
     new_experts: int = 2
     new_expert_routing: str = "replace"
@@ -118,6 +119,7 @@ class CMoEHParams(LoRAExpertHParams):
             "0 < probe_step_fraction <= 1": 0 < self.probe_step_fraction <= 1,
             "probe_lr > 0 or none": self.probe_lr is None or self.probe_lr > 0,
             f"threshold_reading in {READINGS}": self.threshold_reading in READINGS,
+            f"probe_tokens in {USAGE_TOKENS}": self.probe_tokens in USAGE_TOKENS,
             "threshold_alpha finite": math.isfinite(self.threshold_alpha),
             "new_experts >= 1": self.new_experts >= 1,
             "new_experts <= num_initial_experts with replace routing (each new expert replaces one of the "
@@ -217,7 +219,7 @@ class CMoE(MoEMethod):
             try:
                 yield TrainingPhase("probe", params, steps, loader=subset, lr=hp.probe_lr, counts_as_trained=False)
                 freqs = measure_usage(self.model, self.layers, subset, self.ctx.device,
-                                      lambda b: self._prepare_train(b, probe_router))
+                                      lambda b: self._prepare_train(b, probe_router), tokens=hp.probe_tokens)
             finally:
                 for layer in self.layers.values():
                     detach_probe(layer)
@@ -229,7 +231,7 @@ class CMoE(MoEMethod):
             report.update(steps=steps, lr=hp.probe_lr, reading=hp.threshold_reading, alpha=hp.threshold_alpha)
         else:
             old = measure_usage(self.model, self.layers, subset, self.ctx.device,
-                                lambda b: self._prepare_train(b, prev))
+                                lambda b: self._prepare_train(b, prev), tokens=hp.probe_tokens)
             probe_freq, thresholds, expand = {}, {}, {i: True for i in self.layers}
         layers_report, naive_extra = {}, 0
         for i, layer in self.layers.items():
