@@ -14,7 +14,7 @@ from bench.__main__ import main
     (["run", "--method", "nope"], ["unknown method 'nope'", "seq-ft", "multitask"]),
     (["run", "--tasks", "textvqa,nope"], ["unknown task 'nope'", "scienceqa", "ocrvqa", "coin"]),
     (["run", "--preset", "huge"], ["unknown preset 'huge'", "tiny"]),
-    (["run", "--set", "rnk=4"], ["unknown hyper-parameter 'rnk'", "rank=16"]),
+    (["run", "--set", "rnk=4"], ["unknown hyper-parameter 'rnk'", "rank=32"]),
     (["run", "--set", "rank=four"], ["expects int", "'rank'"]),
     (["run", "--set", "rank"], ["key=value"]),
     (["run", "--steps-per-task", "0"], ["--steps-per-task must be a positive integer"]),
@@ -129,7 +129,7 @@ def test_unwritable_output(tmp_path, capsys):
 def test_list_shows_methods_tasks_presets(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for needle in ("seq-ft", "multitask", "scienceqa", "ocrvqa", "coin", "tiny", "rank=16"):
+    for needle in ("seq-ft", "multitask", "scienceqa", "ocrvqa", "coin", "tiny", "rank=32"):
         assert needle in out
 
 

@@ -128,11 +128,11 @@ def test_state_dict_round_trip_reproduces_the_trained_method():
 def test_record_trains_everything_on_every_task_without_growth(tiny_run):
     record = tiny_run("moelora").record
     params = record["parameters"]
-    # per linear: 8 experts of rank 2 (A: 2 x d_in, B: d_out x 2) + a router (8 x d_in), 4 layers;
+    # per linear: 8 experts of rank 4 (A: 4 x d_in, B: d_out x 4) + a router (8 x d_in), 4 layers;
     # tiny preset: d = 128, FFN width 344
     d, f = 128, 344
     shapes = [(d, d)] * 4 + [(d, f), (d, f), (f, d)]                # q k v o, gate up, down
-    per_layer = sum(16 * (i + o) + 8 * i for i, o in shapes)
+    per_layer = sum(32 * (i + o) + 8 * i for i, o in shapes)
     assert params[0]["trained"] == params[1]["trained"] == 4 * per_layer
     assert params[0]["total"] == params[1]["total"]
     assert params[0]["activated_per_token"] == params[1]["activated_per_token"]

@@ -1,6 +1,6 @@
 """naive-expansion: exactly K LoRA experts + K router rows per MoE layer per task, old experts frozen
-and bit-identical through a later task (old rows too when frozen), new rows that start at zero,
-linear growth in the record, state round trip."""
+and bit-identical through a later task (old rows too when frozen), new rows at the old rows' scale
+(or at zero), no load balancing by default, linear growth in the record, state round trip."""
 from __future__ import annotations
 
 import json
@@ -48,7 +48,8 @@ def train_a_little(model, method, steps: int = 3) -> None:
     model.train()
     for _ in range(steps):
         ids = torch.randint(0, 60, (2, 8))
-        loss = model(input_ids=ids, labels=ids).loss + method.auxiliary_loss()
+        aux = method.auxiliary_loss()
+        loss = model(input_ids=ids, labels=ids).loss + (0.0 if aux is None else aux)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -100,24 +101,37 @@ def test_old_experts_and_rows_stay_bit_identical_under_adamw_weight_decay():
                zip([p for e in (2, 3) for p in moe.experts.expert_parameters(e)], new_before))
 
 
-def test_defaults_train_the_whole_router_with_zero_new_rows_but_not_the_old_experts():
+def test_defaults_train_the_whole_router_with_fresh_new_rows_but_not_the_old_experts():
     model = tiny_llava()
     method = attached(model)
+    assert method.auxiliary_loss() is None  # no load balancing over frozen experts by default
     method.begin_task(0, None, None)
     train_a_little(model, method)
     method.begin_task(1, None, None)
     moe = decoder_layers(model)[3].mlp     # every decoder layer is an MoE layer
     assert isinstance(moe.experts, LoRAFFNExperts)
     assert all(g.requires_grad for g in moe.router.groups)
-    assert torch.count_nonzero(moe.router.groups[1]) == 0
     assert moe.experts.is_frozen(0) and moe.experts.is_frozen(1) and not moe.experts.is_frozen(2)
-    # new experts start as the dense FFN and new rows at logit 0: a new expert is taken only where
-    # the old rows' logits are below zero, and its output there is the frozen FFN's
-    assert moe.experts.expert_numel(2) == 3 * 16 * (D + 40)
+    # new rows at nn.Linear's init (|w| <= 1/sqrt(d), the scale the old rows started at), so the new
+    # experts compete for tokens from the first step; each starts as the dense FFN (B = 0)
+    new_rows = moe.router.groups[1]
+    assert torch.count_nonzero(new_rows) == new_rows.numel() and float(new_rows.abs().max()) <= D ** -0.5
+    assert moe.experts.expert_numel(2) == 3 * 32 * (D + 40)
     x = torch.randn(5, D)
     with torch.no_grad():
-        assert torch.equal(moe.router(x)[:, 2:], torch.zeros(5, 2))
         torch.testing.assert_close(moe.experts.expert_forward(2, x), moe.experts.base(x))
+
+
+def test_zero_new_rows_start_at_logit_zero():
+    model = tiny_llava()
+    method = attached(model, new_row_init="zero")
+    method.begin_task(0, None, None)
+    train_a_little(model, method)
+    method.begin_task(1, None, None)
+    moe = decoder_layers(model)[3].mlp
+    assert torch.count_nonzero(moe.router.groups[1]) == 0
+    with torch.no_grad():
+        assert torch.equal(moe.router(torch.randn(5, D))[:, 2:], torch.zeros(5, 2))
 
 
 def test_state_dict_round_trip_reproduces_the_trained_method():
@@ -148,14 +162,14 @@ def test_record_shows_linear_growth_and_frozen_old_experts(tiny_run):
     done = tiny_run("naive-expansion")
     record, snapshots = done.record, done.ffn_after  # decoder FFN parameters after each task
     d, d_ff = 128, 344  # the tiny preset's text hidden and FFN sizes
-    step = ffn_increment(K=2, r=16, d=d, d_ff=d_ff, layers=4)
+    step = ffn_increment(K=2, r=32, d=d, d_ff=d_ff, layers=4)
     params = record["parameters"]
     assert params[1]["total"] - params[0]["total"] == step
     # task 1 trains its experts and router; task 2 its new experts and the whole router (old rows too)
     assert params[0]["trained"] == step and params[1]["trained"] == step + 4 * 2 * d
     # a token uses top-2 of the layer's experts: the other experts are the inactive ones
     assert params[1]["total"] - params[1]["activated_per_token"] - \
-        (params[0]["total"] - params[0]["activated_per_token"]) == 4 * 2 * (3 * 16 * (d + d_ff))
+        (params[0]["total"] - params[0]["activated_per_token"]) == 4 * 2 * (3 * 32 * (d + d_ff))
     # task 1's experts (0, 1) are bit-identical after task 2
     old = [n for n in snapshots[0] if ".experts.experts.0." in n or ".experts.experts.1." in n]
     assert len(old) == 4 * 2 * 3 * 2
