@@ -198,7 +198,7 @@ def begin_second_task(monkeypatch, hp: CMoEHParams, freqs: dict[int, list[float]
     method, model = CMoE(hp), tiny_llava()
     run_tasks(method, model, [0], steps=2)
     if freqs is not None:
-        monkeypatch.setattr(cmoe_method, "measure_usage", lambda *args: {
+        monkeypatch.setattr(cmoe_method, "measure_usage", lambda *args, **kwargs: {
             i: torch.tensor(f, dtype=torch.float64) for i, f in freqs.items()})
     loader = train_loader(1)
     method.begin_task(1, ToyTask(1), loader)

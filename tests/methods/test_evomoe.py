@@ -197,7 +197,7 @@ def test_phases_with_the_harness_trainer(accelerator):
     assert [(name, stats.steps) for name, _, stats in done.phases] == [("evolution", 2), ("router", 2)]
     assert done.trained_parameters == sum(p.numel() for k in ("theta1", "text", "image", "proj") for p in g[k])
     assert done.evolved_parameters == sum(p.numel() for p in g["evolved"])
-    assert [m.top_k for m in method.layers.values()] == [1, 1]
+    assert [m.top_k for m in method.layers.values()] == [1, 1, 1, 1]  # every decoder layer
     for step, now in enumerate(history):
         evolution = step < 2
         moved = {k: not all(torch.equal(a, b) for a, b in zip(prev[k], now[k])) for k in g}
@@ -228,7 +228,7 @@ def test_router_sees_token_types_through_before_forward(router):
     torch.manual_seed(1)
     model, method = attached(router=router)
     method.begin_task(0, None, None)
-    assert len(method.layers) == 2
+    assert len(method.layers) == 4
     ids = torch.randint(0, 60, (1, 32))
     ids[0, :16] = IMG
     method.before_forward({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, "prefill")

@@ -41,7 +41,7 @@ def test_wraps_every_decoder_linear_and_starts_as_the_base_model():
     assert len(method.linears) == 4 * len(DECODER_LINEARS)
     assert "0.self_attn.q_proj" in method.linears and "3.mlp.down_proj" in method.linears
     for lin in method.linears.values():
-        assert lin.num_experts == 8 and lin.experts.r == 2 and lin.scaling == 32.0 / 16
+        assert lin.num_experts == 8 and lin.experts.r == 4 and lin.scaling == 64.0 / 32
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, dense)       # B = 0: every delta is exactly 0
     # trainable = exactly the experts and routers; the vision tower, projector and lm_head untouched
