@@ -10,11 +10,13 @@ gate, up and down):
     y   = sum_{e in TopK(p)} (p_e / sum_{TopK} p) * FFN_e(h)
     L   = CE (+ aux_loss_coef * sum_l E_l * sum_e f_e P_e, off by default)
 
-For task t, every layer appends K fresh experts (B = 0: each starts as the dense FFN, an expert that
-already answers, so it may take tokens at once) and K router rows at ``nn.Linear``'s init, the old
-rows' scale (``new_row_init=zero``: logit 0 for every token). The experts of tasks 1..t-1 are frozen
-and stay bit-identical; the router, old rows included, trains on the new task
-(``train_old_rows=false`` freezes the old rows). Parameters grow linearly with the
+For task t >= 2, every layer appends K trainable copies of the K experts the new task's records use
+most (one forward-only pass over a seeded 10% of them), each with its source's router row plus 1%
+noise: the upcycling start, an expert that already answers and already takes the tokens its source
+took. ``growth=fresh`` appends fresh experts instead (B = 0: the dense FFN) with rows at
+``nn.Linear``'s init (``new_row_init=zero``: logit 0). The experts of tasks 1..t-1 are frozen and stay
+bit-identical; the router, old rows included, trains on the new task (``train_old_rows=false``
+freezes the old rows). Parameters grow linearly with the
 number of tasks. Because every task's tokens are routed by one softmax over all rows trained on the
 latest task, old tasks' tokens drift towards new experts: the failure mode this baseline exists to show.
 
@@ -44,7 +46,7 @@ class NaiveExpansionHParams(LoRAExpertHParams):
     search: ClassVar[dict[str, tuple]] = {"experts_per_task": (2, 4), "aux_loss_coef": (0.0, 0.001, 0.01)}
     new_row_init: str = "kaiming"
     train_old_rows: bool = True
-    growth: str = "fresh"
+    growth: str = "copy"
     usage_fraction: float = 0.1
     router_init_noise: float = 0.01
 
@@ -74,10 +76,16 @@ class NaiveExpansion(MoEMethod):
         expert_type="lora-ffn", lora_rank=32, lora_alpha=64.0, lora_init="kaiming"   the expert
                                (``LoRAExpertHParams``): K experts on every layer train ~1.2x seq-ft's
                                LoRA per task (r = seq-ft's rank, alpha = 2r as CoIN).
-        new_row_init="kaiming" [INFERRED] new router rows at nn.Linear's init. "zero" (logit 0) loses the
-                               top-k to every old row with a positive logit and, top-k passing no gradient
-                               to unselected rows, keeps losing: with more old experts the new ones see
-                               ever fewer of the new task's tokens.
+        growth="copy"          [INFERRED] new experts copy the K most-used old experts, rows included
+                               (``usage_fraction=0.1`` of the task's records, ``router_init_noise=0.01``
+                               relative to the row's std). "fresh": new experts at the dense FFN with new
+                               rows; they lose the top-k to the old rows, which were trained to win it,
+                               and an unselected row gets no gradient: on the coin-mini stream (seed 0)
+                               the two fresh experts of VQAv2 took 2-17% of its tokens and VQAv2 and
+                               OCR-VQA stayed at chance right after training (mean final training loss
+                               1.29 against 1.13 with copies).
+        new_row_init="kaiming" [INFERRED] growth "fresh" only: new rows at nn.Linear's init; "zero"
+                               (logit 0) loses the top-k to every old row with a positive logit.
         aux_loss_coef=0.0      [INFERRED] no load balancing. The Switch loss balances a layer's tokens over
                                all its E = tK experts, frozen ones included, so it drives the K trainable
                                experts towards K/E = 1/t of the assignments and the new task onto experts

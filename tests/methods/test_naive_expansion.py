@@ -8,9 +8,12 @@ import json
 import torch
 from transformers import LlavaForConditionalGeneration
 
+from torch.utils.data import DataLoader
+
 from bench.moe import LoRAExperts, LoRAFFNExperts, decoder_layers
 from methods import hparams_for
 from methods.base import MethodContext, trainable_parameters
+from methods import naive_expansion
 from methods.naive_expansion import NaiveExpansion
 from micro_llava import micro_llava  # tests/ is on sys.path through its conftest.py
 
@@ -22,7 +25,9 @@ def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
 
 
 def attached(model, **overrides) -> NaiveExpansion:
-    method = NaiveExpansion(hparams_for("naive-expansion", overrides))
+    """The method on ``model``; growth "fresh" unless given, since these tests pass no task data (the
+    default "copy" measures which experts the new task's records use, ``test_copy_growth_...``)."""
+    method = NaiveExpansion(hparams_for("naive-expansion", {"growth": "fresh", **overrides}))
     method.attach(model, MethodContext(num_tasks=3, steps_per_task=1, device=torch.device("cpu")))
     return method
 
@@ -120,6 +125,40 @@ def test_defaults_train_the_whole_router_with_fresh_new_rows_but_not_the_old_exp
     x = torch.randn(5, D)
     with torch.no_grad():
         torch.testing.assert_close(moe.experts.expert_forward(2, x), moe.experts.base(x))
+
+
+def token_loader(batches: int = 3, seed: int = 0) -> DataLoader:
+    """A task's training loader as measure_usage reads it: input_ids + attention_mask batches."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [{"input_ids": torch.randint(0, 60, (9,), generator=g), "attention_mask": torch.ones(9, dtype=torch.long)}
+            for _ in range(2 * batches)]
+    return DataLoader(rows, batch_size=2, collate_fn=lambda items: {k: torch.stack([i[k] for i in items])
+                                                                    for k in items[0]})
+
+
+def test_copy_growth_copies_the_most_used_experts_and_their_rows(monkeypatch):
+    # hand-made usage of the new task's records: expert 1 most used in layers 0 and 1, expert 0 elsewhere
+    usage = {0: [0.2, 0.9], 1: [0.1, 0.7], 2: [0.8, 0.3], 3: [0.6, 0.6]}
+    monkeypatch.setattr(naive_expansion, "measure_usage", lambda *args, **kwargs: {
+        i: torch.tensor(f, dtype=torch.float64) for i, f in usage.items()})
+    model = tiny_llava()
+    method = NaiveExpansion(hparams_for("naive-expansion", {}))   # the defaults: growth "copy"
+    method.attach(model, MethodContext(num_tasks=3, steps_per_task=1, device=torch.device("cpu")))
+    method.begin_task(0, None, token_loader())
+    train_a_little(model, method)
+    method.begin_task(1, None, token_loader(seed=1))
+    sources = method.sources
+    assert sources == {0: [1, 0], 1: [1, 0], 2: [0, 1], 3: [0, 1]}  # most used first, ties: lower id
+    assert method.task_report()["copy_sources"] == {str(i): s for i, s in sources.items()}
+    for i, moe in method.layers.items():
+        rows = moe.router.weight.detach()
+        for new, src in zip((2, 3), sources[i]):
+            # the expert is an exact, trainable copy; its row the source's plus 1% noise
+            assert all(torch.equal(a, b) for a, b in zip(moe.experts.expert_parameters(new),
+                                                         moe.experts.expert_parameters(src)))
+            assert not moe.experts.is_frozen(new) and moe.experts.is_frozen(src)
+            gap = (rows[new] - rows[src]).norm() / rows[src].norm()
+            assert 0 < float(gap) < 0.05
 
 
 def test_zero_new_rows_start_at_logit_zero():
