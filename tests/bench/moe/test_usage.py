@@ -1,9 +1,12 @@
-"""Expert-usage measurement: the seeded subset of a task's training records."""
+"""Expert-usage measurement: the seeded subset of a task's training records, which positions count."""
 from __future__ import annotations
 
+import pytest
+import torch
 from torch.utils.data import DataLoader
 
-from bench.moe import subset_loader
+from bench.moe import measure_usage, subset_loader
+from bench.moe.usage import counted_positions
 
 
 def test_the_subset_is_a_reproducible_tenth():
@@ -13,3 +16,18 @@ def test_the_subset_is_a_reproducible_tenth():
     again = subset_loader(loader, 0.1, seed=3)
     assert list(sub.dataset.indices) == list(again.dataset.indices)
     assert len(subset_loader(loader, 0.001, seed=3).dataset) == 1
+
+
+def test_loss_positions_are_those_whose_next_token_is_supervised():
+    # two right-padded records: prompt of 3 then an answer of 2 (+ eos); prompt of 2, answer of 1, padding
+    ignore = -100
+    labels = torch.tensor([[ignore, ignore, ignore, 7, 8, 2],
+                           [ignore, ignore, 9, 2, ignore, ignore]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    batch = {"labels": labels, "attention_mask": mask}
+    assert counted_positions(batch, "all").tolist() == mask.bool().tolist()
+    # position t predicts token t + 1: the last prompt token and every answer token but the last
+    assert counted_positions(batch, "loss").tolist() == [[False, False, True, True, True, False],
+                                                         [False, True, True, False, False, False]]
+    with pytest.raises(ValueError, match="tokens must be one of all, loss"):
+        measure_usage(None, {}, [], torch.device("cpu"), lambda b: None, tokens="answers")
