@@ -16,7 +16,7 @@ def test_dry_run_prints_the_plan_and_the_memory_table(capsys):
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and " B |" in line}
     assert set(rows) == {"seq-ft", "moelora", "naive-expansion", "cmoe", "evomoe", "moe-llava"}
     # MoE-LLaVA copies the FFN of every other decoder layer into 4 experts: ~13.6 B parameters, ~8.7 B trained
-    assert "| 13.56 B | 8,657 M |" in rows["moe-llava"] and "| 7.10 B | 40 M |" in rows["seq-ft"]
+    assert "| 13.56 B | 8,657 M |" in rows["moe-llava"] and "| 7.14 B | 80 M |" in rows["seq-ft"]
     assert "nothing measured" in out
 
 
