@@ -77,7 +77,8 @@ class NaiveExpansion(MoEMethod):
                                (``LoRAExpertHParams``): K experts on every layer train ~1.2x seq-ft's
                                LoRA per task (r = seq-ft's rank, alpha = 2r as CoIN).
         growth="copy"          [INFERRED] new experts copy the K most-used old experts, rows included
-                               (``usage_fraction=0.1`` of the task's records, ``router_init_noise=0.01``
+                               (use counted on the supervised positions of ``usage_fraction=0.1`` of the
+                               task's records, ``bench.moe.measure_usage``; ``router_init_noise=0.01``
                                relative to the row's std). "fresh": new experts at the dense FFN with new
                                rows; they lose the top-k to the old rows, which were trained to win it,
                                and an unselected row gets no gradient: on the coin-mini stream (seed 0)

@@ -4,11 +4,12 @@ forward-only pass counting top-k assignments over the real tokens.
 
     f_{l,e} = (1/N_tok) sum_{counted tokens} 1[e in TopK(p_l)]
 
-Which tokens count (``tokens``): "all" = every real (attention-mask) token, image and prompt included;
-"loss" = the positions whose next token is supervised (the last prompt token and the answer tokens
-before the last), i.e. the positions whose top-layer output the task's loss reads. In the top decoder
-layer a router row receives gradient only from those positions, so over all tokens a top-layer
-frequency mostly measures how the row was initialised, not what the task asks of the layer.
+Which tokens count (``tokens``): "loss" (the default) = the positions whose next token is supervised
+(the last prompt token and the answer tokens before the last), i.e. the positions whose top-layer
+output the task's loss reads; "all" = every real (attention-mask) token, image and prompt included.
+In the top decoder layer a router row receives gradient only from the loss positions, so over all
+tokens a top-layer frequency mostly measures how the row was initialised, not what the task asks of
+the layer.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def subset_loader(loader: DataLoader, fraction: float, seed: int) -> DataLoader:
 
 @torch.no_grad()
 def measure_usage(model: nn.Module, layers: Mapping[int, MoEFFN], loader, device: torch.device,
-                  prepare: Callable[[dict[str, Any]], None], tokens: str = "all") -> dict[int, torch.Tensor]:
+                  prepare: Callable[[dict[str, Any]], None], tokens: str = "loss") -> dict[int, torch.Tensor]:
     """Per MoE layer, f_{l,e} over the counted tokens (``tokens``: "all" or "loss", module docstring)
     of one pass over ``loader``, with the routers ``prepare(batch)`` selects. Padding is excluded, which
     ``MoEFFN.usage_counts`` cannot do (it counts every position), so the counts come from each
@@ -58,7 +59,7 @@ def measure_usage(model: nn.Module, layers: Mapping[int, MoEFFN], loader, device
     if tokens not in USAGE_TOKENS:
         raise ValueError(f"tokens must be one of {', '.join(USAGE_TOKENS)}, got {tokens!r}")
     counts = {i: torch.zeros(m.experts.num_experts, dtype=torch.float64) for i, m in layers.items()}
-    tokens = 0
+    total = 0
     inner = getattr(model, "model", model)  # hidden states suffice: skip the LM head
     was_training = model.training
     model.eval()
@@ -69,11 +70,11 @@ def measure_usage(model: nn.Module, layers: Mapping[int, MoEFFN], loader, device
             kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values") if k in batch}
             inner(**kwargs, use_cache=False)
             real = counted_positions(batch, tokens).reshape(-1)
-            tokens += int(real.sum())
+            total += int(real.sum())
             for i, m in layers.items():
                 out = m.last_output
                 hit = out.kept & real.unsqueeze(1)
                 counts[i] += torch.bincount(out.expert_index[hit], minlength=counts[i].numel()).double().cpu()
     finally:
         model.train(was_training)
-    return {i: c / max(1, tokens) for i, c in counts.items()}
+    return {i: c / max(1, total) for i, c in counts.items()}

@@ -30,6 +30,9 @@ Hyper-parameters (``--set key=value``; [INFERRED] = no source fixes it):
                             probe subset (one measuring pass, no probe), so only layer choice differs.
     probe_data_fraction=0.1, probe_step_fraction=0.1   probe subset / steps (>= 1 record, >= 1 step).
     probe_lr=None           [INFERRED] None = the run's task lr.
+    probe_tokens="loss"     [INFERRED] which tokens the frequencies count: the positions whose next token
+                            is supervised ("loss"; a top-layer router row gets gradient only there) or
+                            every real token, image and prompt included ("all").
     threshold_reading="A"   A: mean/std over layers' probe frequencies; B: over the layer's experts
                             (old + probe). Population std [INFERRED]; expand iff f > theta (strict,
                             up to a 1e-9 rounding tolerance).
@@ -57,7 +60,7 @@ Hyper-parameters (``--set key=value``; [INFERRED] = no source fixes it):
                             which at 2,000 prompts cost more per task than the task's evaluation row.
 
 Other [INFERRED] choices: MoE layers are installed at task 1 (row 0 of the matrix is the dense base
-model); frequencies are measured after probe training on the probe subset's real tokens; the
+model); frequencies are measured after probe training on the probe subset (``probe_tokens``); the
 most-used expert is the argmax of those frequencies over old experts; error statistics m_t, s_t are
 taken on the training prompts the VAE was fitted on; F_end = final-norm hidden state of the last
 prompt token with the experts bypassed (``ptl.experts_bypassed``).
@@ -96,7 +99,7 @@ class CMoEHParams(LoRAExpertHParams):
     probe_lr: float | None = None
     threshold_reading: str = "A"
     threshold_alpha: float = 1.0
-    probe_tokens: str = "all"
+    probe_tokens: str = "loss"
     search: ClassVar[dict[str, tuple]] = {"threshold_alpha": (0.5, 1.0, 1.5), "new_experts": (1, 2)}
     new_experts: int = 2
     new_expert_routing: str = "replace"

@@ -31,3 +31,26 @@ def test_loss_positions_are_those_whose_next_token_is_supervised():
                                                          [False, True, True, False, False, False]]
     with pytest.raises(ValueError, match="tokens must be one of all, loss"):
         measure_usage(None, {}, [], torch.device("cpu"), lambda b: None, tokens="answers")
+
+
+class _OneLayer(torch.nn.Module):
+    """A stand-in model with one MoE layer whose top-1 choice per position is fixed: [0, 1, 1, 0]."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Module()
+        self.layer.experts = torch.nn.Module()
+        self.layer.experts.num_experts = 2
+
+    def forward(self, input_ids, attention_mask, use_cache=False):
+        index = torch.tensor([[0], [1], [1], [0]])
+        self.layer.last_output = type("Out", (), {"expert_index": index, "kept": torch.ones_like(index, dtype=torch.bool)})
+
+
+@pytest.mark.parametrize("tokens, expected", [("all", [0.5, 0.5]), ("loss", [0.0, 1.0])])
+def test_frequencies_count_the_chosen_positions(tokens, expected):
+    model = _OneLayer()
+    batch = {"input_ids": torch.zeros(1, 4, dtype=torch.long), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+             "labels": torch.tensor([[-100, -100, 5, 2]])}  # positions 1 and 2 predict supervised tokens
+    freqs = measure_usage(model, {0: model.layer}, [batch], torch.device("cpu"), lambda b: None, tokens=tokens)
+    assert freqs[0].tolist() == expected
