@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader
 
 from bench.moe import measure_usage, subset_loader
 from bench.moe.usage import counted_positions
+from bench.train.data import IGNORE
 
 
 def test_the_subset_is_a_reproducible_tenth():
@@ -20,9 +21,8 @@ def test_the_subset_is_a_reproducible_tenth():
 
 def test_loss_positions_are_those_whose_next_token_is_supervised():
     # two right-padded records: prompt of 3 then an answer of 2 (+ eos); prompt of 2, answer of 1, padding
-    ignore = -100
-    labels = torch.tensor([[ignore, ignore, ignore, 7, 8, 2],
-                           [ignore, ignore, 9, 2, ignore, ignore]])
+    labels = torch.tensor([[IGNORE, IGNORE, IGNORE, 7, 8, 2],
+                           [IGNORE, IGNORE, 9, 2, IGNORE, IGNORE]])
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
     batch = {"labels": labels, "attention_mask": mask}
     assert counted_positions(batch, "all").tolist() == mask.bool().tolist()
@@ -51,6 +51,6 @@ class _OneLayer(torch.nn.Module):
 def test_frequencies_count_the_chosen_positions(tokens, expected):
     model = _OneLayer()
     batch = {"input_ids": torch.zeros(1, 4, dtype=torch.long), "attention_mask": torch.ones(1, 4, dtype=torch.long),
-             "labels": torch.tensor([[-100, -100, 5, 2]])}  # positions 1 and 2 predict supervised tokens
+             "labels": torch.tensor([[IGNORE, IGNORE, 5, 2]])}  # positions 1 and 2 predict supervised tokens
     freqs = measure_usage(model, {0: model.layer}, [batch], torch.device("cpu"), lambda b: None, tokens=tokens)
     assert freqs[0].tolist() == expected
