@@ -4,6 +4,7 @@
     eval     batched greedy decoding with KV cache vs model.generate one sample at a time
     steps    training steps/s on the tiny preset or a 7B-class config (--model-config 7b)
     syncs    host reads of tensor values (GPU synchronisation points) per training step, per method
+    lora-ffn LoRA-FFN experts: per-expert slices vs stacked-and-masked factors vs one dense LoRA
     gpu      the GPU check: a coin-mini cmoe run, MoE dispatch, 7B steps/s and decoding, one table (--dry-run: plan)
 
 ``python -m bench.perf.moe_dispatch`` is the MoE dispatch benchmark.
@@ -15,7 +16,7 @@ import sys
 
 BENCHMARKS = {"trainer": "bench.perf.trainer", "eval": "bench.perf.eval", "steps": "bench.perf.steps",
               "syncs": "bench.perf.syncs", "gpu": "bench.perf.gpu",
-              "moe-dispatch": "bench.perf.moe_dispatch"}
+              "moe-dispatch": "bench.perf.moe_dispatch", "lora-ffn": "bench.perf.lora_ffn"}
 
 
 def main(argv: list[str]) -> int:

@@ -66,3 +66,18 @@ def test_copied_expert_is_exact_and_trains_alone():
     torch.testing.assert_close(experts.expert_forward(new, x), experts.expert_forward(2, x))
     assert experts.is_frozen(2) and not experts.is_frozen(new)
     assert experts.experts[new].gate_proj.lora_A is not experts.experts[2].gate_proj.lora_A
+
+
+def test_grouped_forward_skips_experts_without_rows_and_frozen_ones_get_no_gradient():
+    experts = _set(n=4)
+    _randomise(experts)
+    experts.freeze([0, 1])
+    x = torch.randn(9, D)
+    counts = [3, 0, 4, 2]  # expert 1 receives no rows
+    y = experts.forward_grouped(x, counts)
+    rows = x.split([3, 4, 2])
+    eager = torch.cat([experts.expert_forward(e, r) for e, r in zip((0, 2, 3), rows)])
+    torch.testing.assert_close(y, eager, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    assert all(p.grad is None for e in (0, 1) for p in experts.experts[e].parameters())
+    assert all(p.grad is not None for e in (2, 3) for p in experts.experts[e].parameters())
