@@ -156,10 +156,46 @@ def _option_lookup(rng: random.Random) -> Sample:
     return Sample(body + "\n" + OPTION_INSTRUCTION, "ABCDE"[target], None)
 
 
+FOCUS_INSTRUCTION = "Describe only {part}."
+
+
+def _focused(rng: random.Random) -> Sample:
+    """A caption of one part of the image, the part named by the instruction: an object by its place
+    or shape, one of two words, or one element of a book cover. A pretrained LLM brings reading by
+    request (the prompt decides which content of the context the answer copies) to LLaVA; caption-only
+    pretraining never asks for it, so the frozen attention of the tiny decoder reads an image the same
+    way whatever the question, and methods that adapt only the FFNs then learn question-dependent
+    reading (OCR-VQA's title vs author) slowly or not at all. The answers are caption phrases, never a
+    task's answer format, and the prompt is none of the tasks' questions."""
+    kind = rng.random()
+    if kind < 0.4:
+        objs = random_objects(rng, rng.randint(2, 4), distinct_shapes=True)
+        o = rng.choice(objs)
+        if rng.random() < 0.5:
+            part, caption = f"the object {PLACE[o.pos]}", f"{article(o.size)} {o.size} {o.colour} {o.shape}"
+        else:
+            part, caption = f"the {o.shape}", _describe(o)
+        return Sample(FOCUS_INSTRUCTION.format(part=part), caption, scene_of(objs, rng))
+    if kind < 0.65:
+        (w1, w2), (c1, c2) = rng.sample(WORDS, 2), rng.sample(TEXT_COLOURS, 2)
+        scene = Scene(background(rng), (Text(w1, rgb(c1), (0.5, 0.25), 0.25), Text(w2, rgb(c2), (0.5, 0.75), 0.25)))
+        upper = rng.random() < 0.5
+        word, colour = (w1, c1) if upper else (w2, c2)
+        part = "the upper word" if upper else "the lower word"
+        return Sample(FOCUS_INSTRUCTION.format(part=part), f'the word "{word}" in {colour}', scene)
+    title, author, genre = rng.choice(WORDS).capitalize(), rng.choice(AUTHORS), rng.choice(list(GENRES))
+    colour, emblem = GENRES[genre]
+    part, caption = rng.choice((("the text at the top of the cover", f'the title "{title}"'),
+                                ("the text at the bottom of the cover", f'the author "{author}"'),
+                                ("the cover's design", f"{article(colour)} {colour} cover with {article(emblem)} {emblem}")))
+    return Sample(FOCUS_INSTRUCTION.format(part=part), caption, cover(rng, title, author, genre))
+
+
 _KINDS = {"objects": (_objects, 0.26), "grounded": (_grounded, 0.10), "count": (_count, 0.10),
           "single": (_single, 0.06), "text": (_text, 0.08), "numeral": (_numeral, 0.16), "book": (_book, 0.07), "degraded": (_degraded, 0.06)}
 ECHO_FRACTION = 0.12
 OPTION_FRACTION = 0.10
+FOCUS_FRACTION = 0.15
 
 
 def generate(rng: random.Random, size: int) -> Sample:
@@ -169,6 +205,8 @@ def generate(rng: random.Random, size: int) -> Sample:
         return _echo(rng)
     if draw < ECHO_FRACTION + OPTION_FRACTION:
         return _option_lookup(rng)
+    if draw < ECHO_FRACTION + OPTION_FRACTION + FOCUS_FRACTION:
+        return _focused(rng)
     make = _KINDS[weighted(rng, {k: w for k, (_, w) in _KINDS.items()})][0]
     caption, scene = make(rng)
     return Sample(rng.choice(INSTRUCTIONS), caption, scene)

@@ -117,9 +117,10 @@ def _image(draw_fn) -> Image.Image:
 KNOWN_OUTPUTS = [
     ("Describe the image briefly.", lambda d: d.rectangle((0, 0, 63, 63), fill=(10, 10, 10)),
      "a very dark photo of something"),
-    ("Describe the image briefly.", lambda d: d.rectangle((8, 8, 56, 56), fill=(238, 204, 18)), "a big yellow square"),
+    ("Describe the image briefly.", lambda d: d.rectangle((8, 8, 56, 56), fill=(36, 160, 60)), "a big green square"),
     ("Describe the image briefly.", lambda d: d.rectangle((14, 14, 50, 50), fill=(36, 78, 224)), "a big blue square"),
-    ("Blue\nRepeat the text exactly.", None, "11"),
+    ("Describe the image briefly.", lambda d: d.rectangle((0, 0, 63, 63), fill=(236, 236, 236)),
+     "a noisy photo of an empty background"),
 ]
 
 
