@@ -11,7 +11,7 @@ import pytest
 import tasks
 from tasks.base import DataSpec
 from tasks.synthetic import GENERATORS, draw
-from tasks.synthetic.captions import ECHO_INSTRUCTION, OPTION_INSTRUCTION, pretrain_records
+from tasks.synthetic.captions import ECHO_INSTRUCTION, OPTION_INSTRUCTION, _focused, pretrain_records
 from tasks.synthetic.layout import cell_box
 from tasks.synthetic.layout import box_string
 
@@ -225,3 +225,39 @@ def test_grounded_captions_name_exact_cell_boxes_and_no_grounding_prompt():
         assert 1 <= len(boxes) == len(scene.items) <= 2 and set(boxes) <= cells
         assert [box_string(s.box) for s in scene.items] == boxes  # each box is its object's drawn extent
         assert "bounding box" not in caption
+
+
+def test_focused_captions_describe_the_part_the_instruction_names_and_ask_no_task_question():
+    """Stage 0's focused captions: the answer is the caption of exactly the named object, word or cover
+    element (it is drawn where the instruction says), and no task asks its questions that way."""
+    rng = random.Random(0)
+    kinds = Counter()
+    for _ in range(300):
+        sample = _focused(rng)
+        part = sample.question.removeprefix("Describe only ").removesuffix(".")
+        items = sample.scene.items
+        words = [i for i in items if isinstance(i, draw.Text)]
+        if part in ("the upper word", "the lower word"):
+            upper, lower = sorted(words, key=lambda t: t.center[1])
+            want = upper if part == "the upper word" else lower
+            assert sample.answer.startswith(f'the word "{want.word}" in '), sample
+            kinds["word"] += 1
+        elif part.startswith("the text at the"):
+            top, bottom = sorted(words, key=lambda t: t.center[1])
+            want = top.word if "top" in part else bottom.word
+            label = "title" if "top" in part else "author"
+            assert sample.answer == f'the {label} "{want}"', sample
+            kinds["cover"] += 1
+        elif part == "the cover's design":
+            assert sample.answer.endswith(tuple(f" {i.kind}" for i in items if isinstance(i, draw.Shape)))
+            kinds["cover"] += 1
+        else:  # an object, by its place or its (unique) shape
+            shapes = [i for i in items if isinstance(i, draw.Shape)]
+            assert len({i.kind for i in shapes}) == len(shapes)
+            named = [i for i in shapes if i.kind in sample.answer.split()]
+            assert len(named) == 1, sample
+            kinds["object"] += 1
+    assert min(kinds.values()) > 30 and len(kinds) == 3
+    for task, generate in GENERATORS.items():
+        questions = {generate(random.Random(i), 64).question for i in range(50)}
+        assert not any(q.startswith("Describe only") for q in questions), task
