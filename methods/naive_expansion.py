@@ -16,8 +16,9 @@ noise: the upcycling start, an expert that already answers and already takes the
 took. ``growth=fresh`` appends fresh experts instead (B = 0: the dense FFN) with rows at
 ``nn.Linear``'s init (``new_row_init=zero``: logit 0). The experts of tasks 1..t-1 are frozen and stay
 bit-identical; the router, old rows included, trains on the new task (``train_old_rows=false``
-freezes the old rows). Parameters grow linearly with the number of tasks. Because every task's tokens are routed by one softmax over all rows trained on the
-latest task, old tasks' tokens drift towards new experts: the failure mode this baseline exists to show.
+freezes the old rows). Parameters grow linearly with the number of tasks. Because every task's tokens
+are routed by one softmax over all rows trained on the latest task, old tasks' tokens drift towards new
+experts: the failure mode this baseline exists to show.
 
 Hyper-parameters, inferred choices and the task report: see ``NaiveExpansion``.
 """
