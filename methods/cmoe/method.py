@@ -22,7 +22,7 @@ Hyper-parameters (``--set key=value``; [INFERRED] = no source fixes it):
     moe_layers="all"  top_k=2  aux_loss_coef=0.01  dispatch="fast"   (dropless)
     expert_type="lora-ffn"  LoRA on the FFN's gate, up and down ("delta": one output-side LoRA map).
     num_initial_experts=2   N0, task 1's experts per layer.
-    lora_rank=16, lora_alpha=32.0  [INFERRED] rank of each LoRA expert (the paper's is not found):
+    lora_rank=32, lora_alpha=64.0  [INFERRED] rank of each LoRA expert (the paper's is not found):
                             seq-ft's rank, so a new expert per layer trains 3r(d + d_ff) parameters,
                             an expansion of every layer ~0.6x seq-ft's LoRA and task 1 ~1.2x.
     probing=True            false = ablation: every layer expands (naive expansion with per-task

@@ -3,8 +3,10 @@
 The harness trains the shared dense base model on these records before the continual stream, the way
 LLaVA's projector is pre-trained on captions before instruction tuning. The captions name everything the
 eight tasks later ask about: colours, shapes, sizes, grid positions, counts (as words and digits), drawn
-words, book covers and degraded photos. They never use a task's question or answer format, so the base
-model knows the vocabulary but none of the tasks (its row 0 of the accuracy matrix stays low).
+words, book covers and degraded photos; a share of them describes only the part of the image the
+instruction names (focused captions), so the base reads by request as a pretrained LLM does. They never
+use a task's question or answer format, so the base model knows the vocabulary but none of the tasks
+(its row 0 of the accuracy matrix stays low).
 """
 from __future__ import annotations
 
@@ -80,6 +82,17 @@ def _numeral(rng: random.Random) -> tuple[str, Scene]:
     return caption, Scene(background(rng), tuple(items))
 
 
+def _two_lines(rng: random.Random, numerals: bool) -> tuple[tuple[str, str], tuple[str, str], Scene]:
+    """Two different words (or seven-segment numerals) in two colours, one above the other, as the
+    two-number scenes of TextVQA draw them: ``((upper, colour), (lower, colour), scene)``."""
+    (w1, w2), (c1, c2) = rng.sample(NUMERALS if numerals else WORDS, 2), rng.sample(TEXT_COLOURS, 2)
+    if numerals:
+        items = (Digits(w1, rgb(c1), (0.5, 0.25), 0.4), Digits(w2, rgb(c2), (0.5, 0.75), 0.4))
+    else:
+        items = (Text(w1, rgb(c1), (0.5, 0.25), 0.25), Text(w2, rgb(c2), (0.5, 0.75), 0.25))
+    return (w1, c1), (w2, c2), Scene(background(rng), items)
+
+
 def _text(rng: random.Random) -> tuple[str, Scene]:
     if rng.random() < 0.6:
         word, colour, y = rng.choice(WORDS), rng.choice(TEXT_COLOURS), rng.choice((1 / 6, 0.5, 5 / 6))
@@ -90,14 +103,18 @@ def _text(rng: random.Random) -> tuple[str, Scene]:
             caption = f'a white sign with the word "{word}" in {colour}'
         items.append(Text(word, rgb(colour), (0.5, y), 0.25))
         return caption, Scene(background(rng), tuple(items))
-    (w1, w2), (c1, c2) = rng.sample(WORDS, 2), rng.sample(TEXT_COLOURS, 2)
-    items = (Text(w1, rgb(c1), (0.5, 0.25), 0.25), Text(w2, rgb(c2), (0.5, 0.75), 0.25))
-    return f'the word "{w1}" in {c1} above the word "{w2}" in {c2}', Scene(background(rng), items)
+    (w1, c1), (w2, c2), scene = _two_lines(rng, numerals=False)
+    return f'the word "{w1}" in {c1} above the word "{w2}" in {c2}', scene
+
+
+def _cover_parts(rng: random.Random) -> tuple[str, str, str, str, str]:
+    """A book's title, author and genre, and the genre's cover colour and emblem."""
+    title, author, genre = rng.choice(WORDS).capitalize(), rng.choice(AUTHORS), rng.choice(list(GENRES))
+    return (title, author, genre) + GENRES[genre]
 
 
 def _book(rng: random.Random) -> tuple[str, Scene]:
-    title, author, genre = rng.choice(WORDS).capitalize(), rng.choice(AUTHORS), rng.choice(list(GENRES))
-    colour, emblem = GENRES[genre]
+    title, author, genre, colour, emblem = _cover_parts(rng)
     # The genre itself is not named: mapping cover style to genre is what the ocrvqa task has to learn.
     caption = f'{article(colour)} {colour} book cover with {article(emblem)} {emblem}, the title "{title}" and the author "{author}"'
     return caption, cover(rng, title, author, genre)
@@ -161,12 +178,13 @@ FOCUS_INSTRUCTION = "Describe only {part}."
 
 def _focused(rng: random.Random) -> Sample:
     """A caption of one part of the image, the part named by the instruction: an object by its place
-    or shape, one of two words, or one element of a book cover. A pretrained LLM brings reading by
-    request (the prompt decides which content of the context the answer copies) to LLaVA; caption-only
-    pretraining never asks for it, so the frozen attention of the tiny decoder reads an image the same
-    way whatever the question, and methods that adapt only the FFNs then learn question-dependent
-    reading (OCR-VQA's title vs author) slowly or not at all. The answers are caption phrases, never a
-    task's answer format, and the prompt is none of the tasks' questions."""
+    or shape, one of two words or numerals, or one element of a book cover. A pretrained LLM brings
+    reading by request (the prompt decides which content of the context the answer copies) to LLaVA;
+    caption-only pretraining never asks for it, so the frozen attention of the tiny decoder reads an
+    image the same way whatever the question, and methods that adapt only the FFNs then learn
+    question-dependent reading (OCR-VQA's title vs author, TextVQA's upper vs lower number) slowly or
+    not at all. The answers are caption phrases, never a task's answer format, and the prompt is none
+    of the tasks' questions."""
     kind = rng.random()
     if kind < 0.4:
         objs = random_objects(rng, rng.randint(2, 4), distinct_shapes=True)
@@ -177,22 +195,26 @@ def _focused(rng: random.Random) -> Sample:
             part, caption = f"the {o.shape}", _describe(o)
         return Sample(FOCUS_INSTRUCTION.format(part=part), caption, scene_of(objs, rng))
     if kind < 0.65:
-        (w1, w2), (c1, c2) = rng.sample(WORDS, 2), rng.sample(TEXT_COLOURS, 2)
-        scene = Scene(background(rng), (Text(w1, rgb(c1), (0.5, 0.25), 0.25), Text(w2, rgb(c2), (0.5, 0.75), 0.25)))
-        upper = rng.random() < 0.5
-        word, colour = (w1, c1) if upper else (w2, c2)
-        part = "the upper word" if upper else "the lower word"
-        return Sample(FOCUS_INSTRUCTION.format(part=part), f'the word "{word}" in {colour}', scene)
-    title, author, genre = rng.choice(WORDS).capitalize(), rng.choice(AUTHORS), rng.choice(list(GENRES))
-    colour, emblem = GENRES[genre]
+        numerals = rng.random() < 0.5
+        upper, lower, scene = _two_lines(rng, numerals)
+        (text, colour), which = (upper, "upper") if rng.random() < 0.5 else (lower, "lower")
+        noun = "number" if numerals else "word"
+        caption = f"the number {text} in {colour}" if numerals else f'the word "{text}" in {colour}'
+        return Sample(FOCUS_INSTRUCTION.format(part=f"the {which} {noun}"), caption, scene)
+    title, author, genre, colour, emblem = _cover_parts(rng)
     part, caption = rng.choice((("the text at the top of the cover", f'the title "{title}"'),
                                 ("the text at the bottom of the cover", f'the author "{author}"'),
                                 ("the cover's design", f"{article(colour)} {colour} cover with {article(emblem)} {emblem}")))
     return Sample(FOCUS_INSTRUCTION.format(part=part), caption, cover(rng, title, author, genre))
 
 
+# Numeral captions weigh 0.48: at 0.16 the base named the right numeral in 15 of 60 numeral captions
+# (training records alike) and in 5 of 60 TextVQA scenes, while a linear probe on its image features
+# read the digit of 98% of TextVQA scenes: the decoder, not the vision tower, lacked examples of
+# reading a digit wherever it is drawn. At 0.48 (and 4000 steps) it names 14 of 60 TextVQA scenes.
 _KINDS = {"objects": (_objects, 0.26), "grounded": (_grounded, 0.10), "count": (_count, 0.10),
-          "single": (_single, 0.06), "text": (_text, 0.08), "numeral": (_numeral, 0.16), "book": (_book, 0.07), "degraded": (_degraded, 0.06)}
+          "single": (_single, 0.06), "text": (_text, 0.08), "numeral": (_numeral, 0.48), "book": (_book, 0.07),
+          "degraded": (_degraded, 0.06)}
 ECHO_FRACTION = 0.12
 OPTION_FRACTION = 0.10
 FOCUS_FRACTION = 0.15

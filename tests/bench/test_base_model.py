@@ -118,7 +118,7 @@ KNOWN_OUTPUTS = [
     ("Describe the image briefly.", lambda d: d.rectangle((0, 0, 63, 63), fill=(10, 10, 10)),
      "a very dark photo of something"),
     ("Describe the image briefly.", lambda d: d.rectangle((8, 8, 56, 56), fill=(36, 160, 60)), "a big green square"),
-    ("Describe the image briefly.", lambda d: d.rectangle((14, 14, 50, 50), fill=(36, 78, 224)), "a big blue square"),
+    ("Describe the image briefly.", lambda d: d.rectangle((8, 8, 56, 56), fill=(238, 204, 18)), "a big yellow square"),
     ("Describe the image briefly.", lambda d: d.rectangle((0, 0, 63, 63), fill=(236, 236, 236)),
      "a noisy photo of an empty background"),
 ]
@@ -146,7 +146,7 @@ def test_a_changed_recipe_trains_stage_0_and_says_why_in_one_line(tmp_path):
     assert plan.source == "train"
     assert plan.tokenizer_source == "shipped"  # the tokenizer does not depend on the step count
     assert "\n" not in plan.reason
-    assert "stage-0 recipe differs (steps 2400 -> 1200)" in plan.reason
+    assert "stage-0 recipe differs (steps 4000 -> 1200)" in plan.reason
     assert plan.key != bm.read_manifest()["key"]
     line = plan.describe(_default(tmp_path))
     assert line.startswith("training stage 0") and "\n" not in line

@@ -228,7 +228,7 @@ def test_grounded_captions_name_exact_cell_boxes_and_no_grounding_prompt():
 
 
 def test_focused_captions_describe_the_part_the_instruction_names_and_ask_no_task_question():
-    """Stage 0's focused captions: the answer is the caption of exactly the named object, word or cover
+    """Stage 0's focused captions: the answer is the caption of exactly the named object, word, number or cover
     element (it is drawn where the instruction says), and no task asks its questions that way."""
     rng = random.Random(0)
     kinds = Counter()
@@ -237,11 +237,14 @@ def test_focused_captions_describe_the_part_the_instruction_names_and_ask_no_tas
         part = sample.question.removeprefix("Describe only ").removesuffix(".")
         items = sample.scene.items
         words = [i for i in items if isinstance(i, draw.Text)]
-        if part in ("the upper word", "the lower word"):
-            upper, lower = sorted(words, key=lambda t: t.center[1])
-            want = upper if part == "the upper word" else lower
-            assert sample.answer.startswith(f'the word "{want.word}" in '), sample
-            kinds["word"] += 1
+        if part in ("the upper word", "the lower word", "the upper number", "the lower number"):
+            noun = part.split()[-1]
+            lines = [i for i in items if isinstance(i, draw.Digits if noun == "number" else draw.Text)]
+            upper, lower = sorted(lines, key=lambda t: t.center[1])
+            want = upper if "upper" in part else lower
+            text = want.word if noun == "number" else f'"{want.word}"'
+            assert len(lines) == len(items) == 2 and sample.answer.startswith(f"the {noun} {text} in "), sample
+            kinds[noun] += 1
         elif part.startswith("the text at the"):
             top, bottom = sorted(words, key=lambda t: t.center[1])
             want = top.word if "top" in part else bottom.word
@@ -257,7 +260,7 @@ def test_focused_captions_describe_the_part_the_instruction_names_and_ask_no_tas
             named = [i for i in shapes if i.kind in sample.answer.split()]
             assert len(named) == 1, sample
             kinds["object"] += 1
-    assert min(kinds.values()) > 30 and len(kinds) == 3
+    assert min(kinds.values()) > 15 and len(kinds) == 4
     for task, generate in GENERATORS.items():
         questions = {generate(random.Random(i), 64).question for i in range(50)}
         assert not any(q.startswith("Describe only") for q in questions), task
