@@ -13,7 +13,7 @@ Where the weights come from, in this order (:func:`plan_base` decides, :func:`lo
 2. ``shipped`` — the package's own folder ``bench/base/`` holds the base for the key (the tiny
    preset's default: a newcomer's first run trains nothing); every file is checked against the
    sha256 in ``bench/base/manifest.json`` before it is used;
-3. ``trained`` — stage 0 is trained (about 7 min on an idle 2-core machine for the tiny preset) and cached.
+3. ``trained`` — stage 0 is trained (about 10 min on an idle 2-core machine for the tiny preset) and cached.
 
 Every key is computed without rendering any data (:func:`pretrain_source`), so deciding costs
 nothing. When the shipped base does not fit, the plan says in one line which inputs of the key
