@@ -17,6 +17,7 @@ from tasks.synthetic import build_split
 from tasks.synthetic.draw import Digits, Rect, Scene, Shape, Text, rgb
 from tasks.synthetic.layout import Obj, Sample, background, box_string, cell_box, random_objects, scene_of, weighted
 from tasks.synthetic.ocrvqa import cover
+from tasks.synthetic.textvqa import FONT_TWO
 from tasks.synthetic.vocab import (AUTHORS, COLOURS, GENRES, NUMBER_WORDS, NUMERALS, PLURAL, SHAPES, TEXT_COLOURS, WHITE,
                                    WORDS, article)
 
@@ -87,7 +88,7 @@ def _two_lines(rng: random.Random, numerals: bool) -> tuple[tuple[str, str], tup
     two-number scenes of TextVQA draw them: ``((upper, colour), (lower, colour), scene)``."""
     (w1, w2), (c1, c2) = rng.sample(NUMERALS if numerals else WORDS, 2), rng.sample(TEXT_COLOURS, 2)
     if numerals:
-        items = (Digits(w1, rgb(c1), (0.5, 0.25), 0.4), Digits(w2, rgb(c2), (0.5, 0.75), 0.4))
+        items = (Digits(w1, rgb(c1), (0.5, 0.25), FONT_TWO), Digits(w2, rgb(c2), (0.5, 0.75), FONT_TWO))
     else:
         items = (Text(w1, rgb(c1), (0.5, 0.25), 0.25), Text(w2, rgb(c2), (0.5, 0.75), 0.25))
     return (w1, c1), (w2, c2), Scene(background(rng), items)
@@ -157,6 +158,24 @@ def _echo(rng: random.Random) -> Sample:
     return Sample(text + "\n" + ECHO_INSTRUCTION, text, None)
 
 
+CAPITALISE_INSTRUCTION = "Write the text with a capital first letter."
+
+
+def _capitalise(rng: random.Random) -> Sample:
+    """Text-only capitalisation: "red star" -> "Red star". A pretrained LLM knows that "Red" is "red"
+    at the start of a sentence; the tiny decoder has no language pretraining, and copying (``_echo``)
+    lets it write " Red" only where the prompt already spells it. ImageNet's answers are capitalised
+    class names ("Red star"), so without this the task first had to learn eight new output words for
+    colours the base already names: a LoRA on the FFN linears (trained on ScienceQA, TextVQA, then
+    ImageNet) stayed at the loss of guessing the class on two of three seeds (ImageNet 32.0 / 4.5 /
+    10.5 after its 150 steps); with capitalisation and the bare "colour shape" focused captions in
+    stage 0 it reached 49.0 / 51.5 / 50.5."""
+    pool = rng.choice((COLOURS, SHAPES, WORDS, NUMBER_WORDS))
+    words = [rng.choice(pool)] + [rng.choice(SHAPES + WORDS) for _ in range(rng.randint(0, 1))]
+    text = " ".join(w.lower() for w in words)
+    return Sample(text + "\n" + CAPITALISE_INSTRUCTION, text[0].upper() + text[1:], None)
+
+
 OPTION_INSTRUCTION = "Give the letter of the matching option."
 
 
@@ -190,7 +209,10 @@ def _focused(rng: random.Random) -> Sample:
         objs = random_objects(rng, rng.randint(2, 4), distinct_shapes=True)
         o = rng.choice(objs)
         if rng.random() < 0.5:
-            part, caption = f"the object {PLACE[o.pos]}", f"{article(o.size)} {o.size} {o.colour} {o.shape}"
+            # Half of them the bare "colour shape" of a short label, so the base also names what it
+            # sees as the answer's first word, not only after an article and a size.
+            label = f"{o.colour} {o.shape}" if rng.random() < 0.5 else f"{article(o.size)} {o.size} {o.colour} {o.shape}"
+            part, caption = f"the object {PLACE[o.pos]}", label
         else:
             part, caption = f"the {o.shape}", _describe(o)
         return Sample(FOCUS_INSTRUCTION.format(part=part), caption, scene_of(objs, rng))
@@ -215,7 +237,8 @@ def _focused(rng: random.Random) -> Sample:
 _KINDS = {"objects": (_objects, 0.26), "grounded": (_grounded, 0.10), "count": (_count, 0.10),
           "single": (_single, 0.06), "text": (_text, 0.08), "numeral": (_numeral, 0.48), "book": (_book, 0.07),
           "degraded": (_degraded, 0.06)}
-ECHO_FRACTION = 0.12
+ECHO_FRACTION = 0.08
+CAPITALISE_FRACTION = 0.04
 OPTION_FRACTION = 0.10
 FOCUS_FRACTION = 0.15
 
@@ -225,9 +248,11 @@ def generate(rng: random.Random, size: int) -> Sample:
     draw = rng.random()
     if draw < ECHO_FRACTION:
         return _echo(rng)
-    if draw < ECHO_FRACTION + OPTION_FRACTION:
+    if draw < ECHO_FRACTION + CAPITALISE_FRACTION:
+        return _capitalise(rng)
+    if draw < ECHO_FRACTION + CAPITALISE_FRACTION + OPTION_FRACTION:
         return _option_lookup(rng)
-    if draw < ECHO_FRACTION + OPTION_FRACTION + FOCUS_FRACTION:
+    if draw < ECHO_FRACTION + CAPITALISE_FRACTION + OPTION_FRACTION + FOCUS_FRACTION:
         return _focused(rng)
     make = _KINDS[weighted(rng, {k: w for k, (_, w) in _KINDS.items()})][0]
     caption, scene = make(rng)

@@ -10,8 +10,9 @@ import pytest
 
 import tasks
 from tasks.base import DataSpec
-from tasks.synthetic import GENERATORS, draw
-from tasks.synthetic.captions import ECHO_INSTRUCTION, OPTION_INSTRUCTION, _focused, pretrain_records
+from tasks.synthetic import GENERATORS, draw, vocab
+from tasks.synthetic.captions import (CAPITALISE_INSTRUCTION, ECHO_INSTRUCTION, OPTION_INSTRUCTION, _capitalise, _focused,
+                                      pretrain_records)
 from tasks.synthetic.layout import cell_box
 from tasks.synthetic.layout import box_string
 
@@ -193,12 +194,13 @@ def test_pretrain_captions(tmp_path):
     split = pretrain_records(60, seed=0, image_size=64, cache_dir=str(tmp_path))
     assert (split.task, split.split, len(split)) == ("pretrain", "train", 60)
     prompts, answers = split.texts()
-    # captions are single-line prompts; the text-only records (copying, option lookup) end with their
-    # instruction line
+    # captions are single-line prompts; the text-only records (copying, capitalising, option lookup) end
+    # with their instruction line
     echo = [i for i, p in enumerate(prompts) if p.endswith("\n" + ECHO_INSTRUCTION)]
+    case = [i for i, p in enumerate(prompts) if p.endswith("\n" + CAPITALISE_INSTRUCTION)]
     lookup = [i for i, p in enumerate(prompts) if p.endswith("\n" + OPTION_INSTRUCTION)]
-    assert sorted(echo + lookup) == [i for i, p in enumerate(prompts) if "\n" in p]
-    assert all(split[i].image is None for i in echo + lookup)
+    assert sorted(echo + case + lookup) == [i for i, p in enumerate(prompts) if "\n" in p]
+    assert all(split[i].image is None for i in echo + case + lookup)
     assert all(prompts[i].split("\n")[0] == answers[i] for i in echo)
     for i in lookup:  # the answer letter labels the option the question names
         word = prompts[i].split("\n")[0].removeprefix("Which option says ").removesuffix("?")
@@ -210,6 +212,18 @@ def test_pretrain_captions(tmp_path):
     before = draw.render_count
     assert pretrain_records(60, seed=0, image_size=64, cache_dir=str(tmp_path)).texts() == (prompts, answers)
     assert draw.render_count == before
+
+
+def test_capitalise_records_change_only_the_first_letter():
+    rng = random.Random(0)
+    firsts = set()
+    for _ in range(200):
+        sample = _capitalise(rng)
+        text, instruction = sample.question.split("\n")
+        assert instruction == CAPITALISE_INSTRUCTION and sample.scene is None
+        assert text == text.lower() and sample.answer == text[0].upper() + text[1:] != text
+        firsts.add(sample.answer.split()[0])
+    assert {c.capitalize() for c in vocab.COLOURS} <= firsts  # every colour, as ImageNet's labels start
 
 
 def test_grounded_captions_name_exact_cell_boxes_and_no_grounding_prompt():
